@@ -1,0 +1,158 @@
+"""LoRA, DoRA and LoRA+ through peft; DoRA is a flag on LoRA, LoRA+ an optimizer grouping.
+
+- LoRA: Hu et al. 2021, https://arxiv.org/abs/2106.09685 (rsLoRA scaling: Kalajdzievski 2023,
+  https://arxiv.org/abs/2312.03732)
+- DoRA: Liu et al. 2024, https://arxiv.org/abs/2402.09353 (peft ``use_dora=True``: the weight is
+  split into a trainable magnitude vector and a LoRA-updated direction)
+- LoRA+: Hayou et al. 2024, https://arxiv.org/abs/2402.12354 (B matrices learn ``lr_ratio``
+  times faster than A; the paper's default ratio is 16)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from zhilu.adapters.base import Adapter, is_no_decay, link_into, save_hf_model
+from zhilu.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class LoRA(Adapter):
+    """Args:
+    r, alpha, dropout: LoRA rank, scaling numerator and dropout.
+    target_modules: module names, or ``all-linear`` (every linear layer of the decoder, not ``lm_head``).
+    use_rslora: scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
+    use_dora: weight-decomposed LoRA (trainable magnitude vectors).
+    modules_to_save: modules trained in full next to the adapters (e.g. ``[lm_head]``).
+    """
+
+    name = "lora"
+    has_disabled_reference = True
+
+    def __init__(
+        self,
+        r: int = 16,
+        alpha: float = 32,
+        dropout: float = 0.05,
+        target_modules: str | Sequence[str] = "all-linear",
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        modules_to_save: Sequence[str] | None = None,
+        init_lora_weights: bool | str = True,
+    ) -> None:
+        if r <= 0:
+            raise ConfigError(f"adapter.r={r}: must be a positive integer")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"adapter.dropout={dropout}: must be in [0, 1)")
+        self.r, self.alpha, self.dropout = r, alpha, dropout
+        self.target_modules = target_modules if isinstance(target_modules, str) else list(target_modules)
+        self.use_rslora, self.use_dora = use_rslora, use_dora
+        self.modules_to_save = list(modules_to_save) if modules_to_save else None
+        self.init_lora_weights = init_lora_weights
+        if use_dora:
+            self.name = "dora"
+
+    def peft_config(self):
+        from peft import LoraConfig, TaskType
+
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            use_rslora=self.use_rslora,
+            use_dora=self.use_dora,
+            modules_to_save=self.modules_to_save,
+            init_lora_weights=self.init_lora_weights,
+        )
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        from peft import get_peft_model
+
+        try:
+            peft_model = get_peft_model(model, self.peft_config())
+        except ValueError as exc:
+            raise ConfigError(f"adapter.target_modules={self.target_modules}: {str(exc).splitlines()[0]}") from None
+        return peft_model
+
+    def disabled(self, model: nn.Module):
+        return model.disable_adapter()
+
+    def checkpoint_keys(self, model: nn.Module) -> set[str]:
+        """Lightning checkpoints hold only the adapter weights (the base is rebuilt from config)."""
+        return {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def base_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Merged weights under the base model's names; the live model is left as it was."""
+        model.merge_adapter(safe_merge=True)
+        try:
+            sd = model.get_base_model().state_dict()
+            out = {}
+            for k, v in sd.items():
+                if "lora_" in k or ".original_module." in k:
+                    continue
+                k = k.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
+                out[k] = v.detach().clone()
+        finally:
+            model.unmerge_adapter()
+        return out
+
+    def export(self, model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        adapter_dir = out / "adapter"
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(adapter_dir))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(adapter_dir))
+        merged = out / "merged"
+        save_hf_model(model.get_base_model(), merged, tokenizer, state_dict=self.base_state_dict(model))
+        link_into(merged, out)
+        return merged
+
+
+class LoRAPlus(LoRA):
+    """LoRA+ : the optimizer gives every B matrix ``lr * lr_ratio``.
+
+    Groups (weight decay kept per group): A matrices (and other matrices) at ``lr``; B matrices
+    at ``lr * lr_ratio``; embedding B matrices at ``lr_embedding``; vectors (DoRA magnitudes,
+    norms, biases) at ``lr`` without decay.
+    """
+
+    name = "loraplus"
+
+    def __init__(self, lr_ratio: float = 16.0, lr_embedding: float = 1e-6, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if lr_ratio <= 0:
+            raise ConfigError(f"adapter.lr_ratio={lr_ratio}: must be positive")
+        self.lr_ratio = lr_ratio
+        self.lr_embedding = lr_embedding
+        self.name = "loraplus_dora" if self.use_dora else "loraplus"
+
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+        groups = {
+            "A": {"params": [], "lr": lr, "weight_decay": weight_decay},
+            "B": {"params": [], "lr": lr * self.lr_ratio, "weight_decay": weight_decay},
+            "embedding_B": {"params": [], "lr": self.lr_embedding, "weight_decay": weight_decay},
+            "no_decay": {"params": [], "lr": lr, "weight_decay": 0.0},
+        }
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if "lora_embedding_B" in name:
+                key = "embedding_B"
+            elif "lora_B" in name:
+                key = "B"
+            elif is_no_decay(name, p):
+                key = "no_decay"
+            else:
+                key = "A"
+            groups[key]["params"].append(p)
+        return [dict(g, name=k) for k, g in groups.items() if g["params"]]
+

@@ -1,0 +1,183 @@
+"""Readers for the row formats the project trains on; every error names the file and line.
+
+- ``chat``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
+- ``alpaca``: ``{"instruction": str, "input": str?, "output": str, "system": str?, "history": [[q, a], ...]?}``
+- ``sharegpt``: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...]}``
+- ``preference``: ``{"messages": [... up to the last user turn] | "prompt": str, "chosen": str, "rejected": str}``
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from zhilu.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+class RowError(ValueError):
+    """A problem with one row; the reader adds the file and line."""
+
+
+def _check_messages(messages, need_last: str | None) -> list[Message]:
+    if not isinstance(messages, list) or not messages:
+        raise RowError("empty dialogue")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise RowError(f"message {i} is not an object")
+        role, content = m.get("role"), m.get("content")
+        if role not in ("system", "user", "assistant"):
+            raise RowError(f"message {i}: unknown role {role!r} (expected system, user or assistant)")
+        if not isinstance(content, str):
+            raise RowError(f"message {i}: content is not a string")
+        if role == "system" and i != 0:
+            raise RowError(f"message {i}: a system message may only come first")
+        out.append({"role": role, "content": content})
+    turns = [m for m in out if m["role"] != "system"]
+    if not turns:
+        raise RowError("empty dialogue (no user or assistant turn)")
+    for i, m in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            raise RowError(f"turn {i}: expected a {expected} turn, got {m['role']}")
+    if need_last and turns[-1]["role"] != need_last:
+        raise RowError(f"the dialogue must end with a {need_last} turn")
+    if need_last == "assistant" and not any(m["content"].strip() for m in turns if m["role"] == "assistant"):
+        raise RowError("every assistant turn is empty")
+    return out
+
+
+def chat_row(row: dict) -> list[Message]:
+    if "messages" not in row:
+        raise RowError("no 'messages' field (format=chat)")
+    return _check_messages(row["messages"], need_last="assistant")
+
+
+def alpaca_row(row: dict) -> list[Message]:
+    if not isinstance(row.get("instruction"), str) or not isinstance(row.get("output"), str):
+        raise RowError("alpaca rows need string 'instruction' and 'output' fields")
+    messages: list[Message] = []
+    if row.get("system"):
+        messages.append({"role": "system", "content": row["system"]})
+    for pair in row.get("history") or []:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise RowError("'history' must be a list of [question, answer] pairs")
+        messages += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
+    prompt = row["instruction"]
+    if row.get("input"):
+        prompt = f"{prompt}\n{row['input']}" if prompt else row["input"]
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
+    return _check_messages(messages, need_last="assistant")
+
+
+def sharegpt_row(row: dict) -> list[Message]:
+    conv = row.get("conversations")
+    if not isinstance(conv, list):
+        raise RowError("no 'conversations' list (format=sharegpt)")
+    messages = []
+    for i, turn in enumerate(conv):
+        if not isinstance(turn, dict):
+            raise RowError(f"conversation turn {i} is not an object")
+        who = turn.get("from")
+        if who not in SHAREGPT_ROLES:
+            raise RowError(f"conversation turn {i}: unknown speaker {who!r}")
+        messages.append({"role": SHAREGPT_ROLES[who], "content": turn.get("value")})
+    if row.get("system"):
+        messages.insert(0, {"role": "system", "content": row["system"]})
+    return _check_messages(messages, need_last="assistant")
+
+
+@dataclass
+class PreferencePair:
+    prompt: list[Message]
+    chosen: str
+    rejected: str
+    meta: dict = field(default_factory=dict)
+
+
+def preference_row(row: dict) -> PreferencePair:
+    if "messages" in row:
+        prompt = _check_messages(row["messages"], need_last="user")
+    elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
+        prompt = [{"role": "user", "content": row["prompt"]}]
+        if row.get("system"):
+            prompt.insert(0, {"role": "system", "content": row["system"]})
+    else:
+        raise RowError("a preference row needs 'messages' (ending with a user turn) or a 'prompt' string")
+    for key in ("chosen", "rejected"):
+        value = row.get(key)
+        if isinstance(value, dict):  # {"role": "assistant", "content": ...}
+            value = value.get("content")
+        if not isinstance(value, str) or not value.strip():
+            raise RowError(f"'{key}' is missing or empty")
+        row[key] = value
+    return PreferencePair(prompt, row["chosen"], row["rejected"], {k: row[k] for k in ("category",) if k in row})
+
+
+READERS: dict[str, Callable] = {
+    "chat": chat_row,
+    "alpaca": alpaca_row,
+    "sharegpt": sharegpt_row,
+    "preference": preference_row,
+}
+
+
+def iter_rows(path: str | Path, fmt: str, on_error: str = "raise", stats: dict | None = None) -> Iterator:
+    """Parse ``path`` (JSONL, or a JSON list) with reader ``fmt``.
+
+    ``on_error``: ``raise`` stops at the first bad row with ``file:line: reason``; ``skip`` counts
+    it in ``stats["skipped"]`` and goes on.
+    """
+    if fmt not in READERS:
+        raise ConfigError(f"data.format={fmt!r}: expected one of {', '.join(READERS)}")
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"data.on_error={on_error!r}: expected raise or skip")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    reader = READERS[fmt]
+    stats = stats if stats is not None else {}
+    stats.setdefault("skipped", 0)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: a .json data file must hold a list of rows")
+        numbered = [(i + 1, r, None) for i, r in enumerate(rows)]
+        where = "row"
+    else:
+        numbered = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((lineno, json.loads(line), None))
+            except json.JSONDecodeError as exc:
+                numbered.append((lineno, None, f"bad JSON ({exc.msg})"))
+        where = "line"
+    for lineno, row, err in numbered:
+        if err is None and not isinstance(row, dict):
+            err = "row is not a JSON object"
+        if err is None:
+            try:
+                yield reader(row)
+                continue
+            except RowError as exc:
+                err = str(exc)
+        message = f"{path}:{lineno}: {err}" if where == "line" else f"{path}: {where} {lineno}: {err}"
+        if on_error == "raise":
+            raise DataError(message + " (set data.on_error=skip to skip bad rows)")
+        stats["skipped"] += 1
+        log.warning("skipped %s", message)

@@ -1,0 +1,6 @@
+"""Training objectives (SFT, DPO and its relatives), each a small object chosen by ``objective=``."""
+
+from zhilu.objectives.base import Objective
+from zhilu.objectives.sft import SFT
+
+__all__ = ["Objective", "SFT"]

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, callbacks, schedules and the recipe that composes them."""

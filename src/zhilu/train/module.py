@@ -1,0 +1,127 @@
+"""The one LightningModule that serves every adapter x objective."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any, Callable
+
+import lightning as L
+import torch
+
+from zhilu.adapters.base import Adapter, count_parameters
+from zhilu.objectives.base import Objective
+
+log = logging.getLogger(__name__)
+
+
+class ZhiluModule(L.LightningModule):
+    """Wraps a Hugging Face causal LM with an adapter and trains it with an objective.
+
+    Args:
+        model: a :class:`zhilu.model.ModelBuilder` (``conf/model``).
+        adapter: an :class:`~zhilu.adapters.base.Adapter` (``conf/adapter``).
+        objective: an :class:`~zhilu.objectives.base.Objective` (``conf/objective``).
+        optimizer: a partial optimizer (``conf/train.yaml: optimizer``); its ``lr`` and
+            ``weight_decay`` are the defaults the adapter's parameter groups start from.
+        scheduler: a partial of :func:`zhilu.train.schedule.warmup_schedule`, or ``None``.
+        tokenizer: the model's tokenizer (for export and objectives that need it).
+    """
+
+    def __init__(
+        self,
+        model,
+        adapter: Adapter,
+        objective: Objective,
+        optimizer: Callable = partial(torch.optim.AdamW, lr=2e-4, weight_decay=0.0),
+        scheduler: Callable | None = None,
+        tokenizer=None,
+    ) -> None:
+        super().__init__()
+        self.builder = model
+        self.adapter = adapter
+        self.objective = objective
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.tokenizer = tokenizer
+        self.model = None
+        self.strict_loading = False  # adapters checkpoint only what trains
+
+    # ------------------------------------------------------------------ model
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        device_type = None
+        if self._trainer is not None:
+            device_type = self.trainer.strategy.root_device.type
+        net = self.builder.build(self.tokenizer, device_type=device_type)
+        self.model = self.adapter.apply(net)
+        self.objective.setup(self)
+        trainable, total = count_parameters(self.model)
+        log.info("%s + %s: %s trainable of %s parameters", self.builder.name, self.adapter.name,
+                 f"{trainable:,}", f"{total:,}")
+
+    @property
+    def param_counts(self) -> tuple[int, int]:
+        return count_parameters(self.model)
+
+    # -------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        trainable, total = self.param_counts
+        for lg in self.loggers:
+            lg.log_hyperparams({"params/trainable": trainable, "params/total": total})
+        self.objective.on_fit_start(self)
+
+    def on_train_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "set_epoch"):
+            stats = dm.set_epoch(self.current_epoch)
+            if stats:
+                log.info("epoch %d packing: %s", self.current_epoch, stats)
+                for lg in self.loggers:
+                    lg.log_metrics({f"packing/{k}": float(v) for k, v in stats.items()}, step=self.global_step)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.adapter.on_train_batch_start(self, batch_idx)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, logs = self.objective.loss(self, batch, "train")
+        bs = int(batch["num_sequences"])
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        for k, v in logs.items():
+            if k != "loss":
+                self.log(f"train/{k}", v, batch_size=bs)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, logs = self.objective.loss(self, batch, "val")
+        bs = int(batch["num_sequences"])
+        self.log("val/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
+        for k, v in logs.items():
+            if k != "loss":
+                self.log(f"val/{k}", v, batch_size=bs, sync_dist=True)
+
+    def configure_optimizers(self):
+        kw = getattr(self.optimizer_factory, "keywords", {}) or {}
+        lr = kw.get("lr", 1e-3)
+        wd = kw.get("weight_decay", 0.0)
+        optimizer = self.adapter.build_optimizer(self.model, self.optimizer_factory, lr, wd)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = self.scheduler_factory(optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = self.adapter.checkpoint_keys(self.model)
+        if keep is not None:
+            sd = checkpoint["state_dict"]
+            checkpoint["state_dict"] = {k: v for k, v in sd.items() if k.removeprefix("model.") in keep}
+        if hasattr(self.adapter, "state_dict"):
+            checkpoint["adapter_state"] = self.adapter.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "adapter_state" in checkpoint and hasattr(self.adapter, "load_state_dict"):
+            self.adapter.load_state_dict(checkpoint["adapter_state"])

@@ -1,0 +1,22 @@
+"""Small I/O helpers: atomic JSON writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_default), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
