@@ -8,6 +8,8 @@ Batch keys:
 - ``sequence_index`` ``[B, T]``: which sequence of the batch a token belongs to (``-1`` = padding).
   Sequences are numbered example by example: for preference data ``2i`` is pair ``i``'s chosen
   answer and ``2i + 1`` its rejected one.
+- ``example_ids`` ``[E]``: ``Example.meta["id"]`` of the batch's examples in sequence order
+  (``-1`` when unset), so per-example values (e.g. cached reference log-probs) can be looked up
 - ``num_sequences`` (int) and ``num_tokens`` (real tokens in the batch)
 """
 
@@ -29,6 +31,7 @@ class PaddedCollator:
 
     def __call__(self, examples: Sequence[Example]) -> dict:
         seqs = [(ids, lab) for ex in examples for ids, lab in zip(ex.input_ids, ex.labels)]
+        example_ids = torch.tensor([ex.meta.get("id", -1) for ex in examples], dtype=torch.long)
         T = max(len(ids) for ids, _ in seqs)
         if self.multiple:
             T = -(-T // self.multiple) * self.multiple
@@ -50,6 +53,7 @@ class PaddedCollator:
             "attention_mask": attn,
             "position_ids": position_ids,
             "sequence_index": seq_index,
+            "example_ids": example_ids,
             "num_sequences": B,
             "num_tokens": int(attn.sum()),
         }
@@ -70,6 +74,7 @@ class PackedCollator:
     def __call__(self, rows: Sequence[Sequence[Example]]) -> dict:
         built = []
         seq_no = 0
+        example_ids = torch.tensor([ex.meta.get("id", -1) for row in rows for ex in row], dtype=torch.long)
         for row in rows:
             ids_r, lab_r, pos_r, idx_r = [], [], [], []
             for ex in row:
@@ -102,6 +107,7 @@ class PackedCollator:
             "labels": labels,
             "position_ids": position_ids,
             "sequence_index": seq_index,
+            "example_ids": example_ids,
             "num_sequences": seq_no,
             "num_tokens": real,
         }

@@ -181,6 +181,9 @@ class ChatDataModule(L.LightningDataModule):
             val = val[: self.limit_val_samples]
         if not train:
             raise DataError(f"no usable training examples in {', '.join(p for p, _ in self._sources(self.train_files))}")
+        for split in (train, val):
+            for i, ex in enumerate(split):
+                ex.meta["id"] = i  # stable ids within a split (precomputed reference log-probs use them)
         self.train_examples, self.val_examples = train, val
         self.stats["train/examples"] = len(train)
         self.stats["val/examples"] = len(val)
