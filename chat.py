@@ -1,0 +1,39 @@
+"""Chat: ``python chat.py model.path=<run dir | export | HF folder> [chat.temperature=0.4 ...]``.
+
+Batch mode: ``python chat.py model.path=... prompts_file=prompts.txt output=answers.jsonl``.
+"""
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from zhilu.cli import one_line_errors, set_project_root
+
+set_project_root(Path(__file__).resolve().parent)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="chat")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    import torch
+    from hydra.utils import instantiate
+
+    from zhilu.chat import ChatSession, SamplingConfig, answer_file, interactive, read_prompts
+
+    torch.manual_seed(cfg.seed)
+    builder = instantiate(cfg.model)
+    tokenizer = builder.load_tokenizer()
+    model = builder.build(tokenizer)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    session = ChatSession(model, tokenizer, cfg.system_prompt, SamplingConfig(**cfg.sampling))
+    if cfg.prompts_file:
+        n = answer_file(session, read_prompts(cfg.prompts_file), cfg.output)
+        print(f"wrote {n} answers to {cfg.output}")
+    else:
+        interactive(session)
+
+
+if __name__ == "__main__":
+    main()
