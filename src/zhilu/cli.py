@@ -17,13 +17,27 @@ def set_project_root(root: str | Path | None = None) -> None:
     os.environ.setdefault("ZHILU_ROOT", str(Path(root) if root else ROOT))
 
 
+def user_error(exc: BaseException) -> ZhiluError | None:
+    """The ZhiluError behind ``exc`` (Hydra's instantiate wraps errors raised in constructors)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ZhiluError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def one_line_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ZhiluError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except Exception as exc:
+            err = user_error(exc)
+            if err is None:
+                raise
+            print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

@@ -65,12 +65,16 @@ class BlockOrder:
         if start_block is not None and not 0 <= start_block < n_blocks:
             raise ConfigError(f"adapter.start_block={start_block}: must be in [0, {n_blocks - 1}]")
         self.n, self.mode, self.seed = n_blocks, mode, seed
-        if start_block is None:
-            start_block = n_blocks - 1 if mode == "descending" else 0
-        self.start = start_block
         self.sweep = 0
+        self.position = 0
         self._perm = self._permutation(0)
-        self.position = self._perm.index(start_block) if mode == "random" else 0
+        if mode == "random":
+            if start_block is not None:  # the first sweep starts with it, then the rest in random order
+                self._perm.remove(start_block)
+                self._perm.insert(0, start_block)
+            start_block = self._perm[0]
+        elif start_block is None:
+            start_block = n_blocks - 1 if mode == "descending" else 0
         self.current = start_block
 
     def _permutation(self, sweep: int) -> list[int]:
@@ -94,12 +98,12 @@ class BlockOrder:
             self.current = self._perm[self.position]
         return self.current
 
-    def state_dict(self) -> dict:
-        return {"current": self.current, "sweep": self.sweep, "position": self.position}
-
     def load_state_dict(self, state: dict) -> None:
         self.current, self.sweep, self.position = state["current"], state["sweep"], state["position"]
-        self._perm = self._permutation(self.sweep)
+        self._perm = state["perm"]
+
+    def state_dict(self) -> dict:
+        return {"current": self.current, "sweep": self.sweep, "position": self.position, "perm": list(self._perm)}
 
 
 class BlockOptimizer(torch.optim.Optimizer):
