@@ -17,15 +17,20 @@ log = logging.getLogger(__name__)
 
 
 class RunMetrics(L.Callback):
-    """Logs ``train/tokens_per_s`` and writes ``metrics.json`` (losses, speed, memory, sizes).
+    """Logs throughput and writes ``metrics.json`` (losses, speed, MFU, memory, sizes).
 
-    ``metrics.json`` is rewritten at every validation and at the end, atomically, so a crash
-    leaves the last complete record.
+    Every ``log_every_n_steps``: ``train/tokens_per_s`` (all devices), ``perf/tokens_per_s_per_device``
+    and, on a GPU with a known peak (or ``peak_flops`` given), ``perf/mfu``
+    (see :mod:`zhilu.train.flops`). ``metrics.json`` is rewritten at every validation and at the
+    end, atomically, so a crash leaves the last complete record.
     """
 
-    def __init__(self, output_dir: str, log_every_n_steps: int = 10) -> None:
+    def __init__(self, output_dir: str, log_every_n_steps: int = 10, peak_flops: float | None = None) -> None:
         self.path = Path(output_dir) / "metrics.json"
         self.log_every = max(1, log_every_n_steps)
+        self.peak = peak_flops
+        self._flops_args: dict | None = None
+        self._window_seqs = 0
         self.metrics: dict[str, Any] = {}
         self._t0 = None
         self._window_t = None
@@ -45,7 +50,22 @@ class RunMetrics(L.Callback):
         dm = getattr(trainer, "datamodule", None)
         if dm is not None and getattr(dm, "stats", None):
             self.metrics["data"] = dict(dm.stats)
+        self._setup_flops(trainer, pl_module, trainable)
 
+    def _setup_flops(self, trainer, pl_module, trainable: int) -> None:
+        from zhilu.objectives.logps import base_causal_lm
+        from zhilu.train import flops
+
+        lm = base_causal_lm(pl_module.model)
+        cfg = lm.config
+        if self.peak is None and trainer.strategy.root_device.type == "cuda":
+            self.peak = flops.peak_flops(torch.cuda.get_device_name(trainer.strategy.root_device))
+        n = flops.matmul_params(lm)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self._flops_args = {"n_params": n, "n_layers": cfg.num_hidden_layers,
+                            "attn_width": cfg.num_attention_heads * head_dim,
+                            "n_trainable": None if trainable >= n else trainable}
+        self.metrics["peak_flops"] = self.peak
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._window_t is None:
             self._window_t = time.perf_counter()
@@ -55,14 +75,24 @@ class RunMetrics(L.Callback):
         n = int(batch.get("num_tokens", 0))
         self.tokens += n
         self._window_tokens += n
+        self._window_seqs += int(batch.get("num_sequences", 1))
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         now = time.perf_counter()
         self.train_time += now - self._step_t
         if (batch_idx + 1) % self.log_every == 0:
-            tps = self._window_tokens / max(now - self._window_t, 1e-9)
-            pl_module.log("train/tokens_per_s", tps, batch_size=1)
-            self._window_t, self._window_tokens = now, 0
+            tps = self._window_tokens / max(now - self._window_t, 1e-9)  # this device
+            world = trainer.world_size
+            pl_module.log("train/tokens_per_s", tps * world, batch_size=1, rank_zero_only=True)
+            pl_module.log("perf/tokens_per_s_per_device", tps, batch_size=1, rank_zero_only=True)
+            if self.peak and self._flops_args:
+                from zhilu.train.flops import flops_per_token, mfu
+
+                mean_len = self._window_tokens / max(self._window_seqs, 1)
+                value = mfu(tps, flops_per_token(seq_len=mean_len, **self._flops_args), self.peak)
+                pl_module.log("perf/mfu", value, batch_size=1, rank_zero_only=True)
+                self.metrics["mfu"] = value
+            self._window_t, self._window_tokens, self._window_seqs = now, 0, 0
 
     def _collect(self, trainer) -> None:
         for key in ("train/loss", "val/loss"):
@@ -79,7 +109,9 @@ class RunMetrics(L.Callback):
             "wall_time_s": wall,
             "train_time_s": self.train_time,
             "train_tokens": self.tokens,
-            "tokens_per_s": self.tokens / self.train_time if self.train_time else 0.0,
+            "tokens_per_s": trainer.world_size * self.tokens / self.train_time if self.train_time else 0.0,
+            "tokens_per_s_per_device": self.tokens / self.train_time if self.train_time else 0.0,
+            "world_size": trainer.world_size,
         })
         self.metrics.update(peak_memory_mb(trainer.strategy.root_device))
 
@@ -111,7 +143,12 @@ class ExportHF(L.Callback):
         self.enabled = enabled
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if not self.enabled or not trainer.is_global_zero:
+        if not self.enabled:
             return
-        merged = pl_module.adapter.export(pl_module.model, pl_module.tokenizer, self.out)
-        log.info("exported %s", merged)
+        from zhilu.train.strategies import gathered
+
+        with gathered(trainer):  # every rank enters (a collective); rank 0 writes full weights
+            if trainer.is_global_zero:
+                merged = pl_module.adapter.export(pl_module.model, pl_module.tokenizer, self.out)
+                log.info("exported %s", merged)
+        trainer.strategy.barrier("export")

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from zhilu.errors import ConfigError
+from zhilu.train import compat
 from zhilu.train.callbacks import RunMetrics
 from zhilu.train.module import ZhiluModule
 
@@ -46,6 +47,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     adapter = instantiate(cfg.adapter)
     objective = instantiate(cfg.objective)
+    compat.check(cfg, adapter, objective)
     if objective.data_kind != datamodule.kind:
         raise ConfigError(
             f"objective={type(objective).__name__} trains on {objective.data_kind} data but "
