@@ -28,6 +28,8 @@ def test_group_option_composes_and_instantiates(group, option, tmp_path):
     if group == "model" and option in NEEDS_PATH:
         overrides.append(f"model.path={tmp_path}")
     cfg = compose_train(overrides, tmp_path)
+    if group == "data" and cfg.data.get("kind") == "preference":  # preference data goes with DPO
+        cfg = compose_train(overrides + ["objective=dpo"], tmp_path)
     if group == "model" and option in NEEDS_PATH:
         builder = instantiate(cfg.model)
         assert builder.path == str(tmp_path)
