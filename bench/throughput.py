@@ -1,5 +1,8 @@
 """Training throughput and MFU on one GPU: a 1B-class Llama (random weights), packed bf16 rows.
 
+bf16 weights under bf16 autocast, as ``trainer=gpu`` (precision ``bf16-mixed``) runs them; peft
+keeps adapter weights in fp32 and autocast runs their matmuls in bf16.
+
 For each adapter (full, LoRA) and attention backend: tokens/s, MFU (PaLM FLOPs, see
 ``zhilu.train.flops``) against the device's dense bf16 peak, and peak CUDA memory, through the
 same code path as ``train.py`` (ZhiluModule + adapter + SFT objective, packed batches built by
@@ -42,12 +45,14 @@ def packed_batches(vocab: int, seq_len: int, rows: int, n_batches: int, seed: in
     stats = packing_stats(lengths, bins, seq_len)
     g = torch.Generator().manual_seed(seed)
     collate = PackedCollator(pad_token_id=0)
+    # rows drawn uniformly (BFD lists the rows of the longest documents first)
+    picks = random.Random(seed).sample(range(len(bins)), min(len(bins), rows * n_batches))
     batches = []
     for b in range(n_batches):
         row_examples = []
         for r in range(rows):
             exs = []
-            for i in bins[(b * rows + r) % len(bins)]:
+            for i in bins[picks[(b * rows + r) % len(picks)]]:
                 ids = torch.randint(8, vocab, (lengths[i],), generator=g).tolist()
                 n_prompt = lengths[i] // 3
                 exs.append(Example([ids], [[-100] * n_prompt + ids[n_prompt:]]))
@@ -88,7 +93,8 @@ def run(adapter_name: str, attn: str, args) -> dict:
     def step():
         b = batches[state["i"] % len(batches)]
         state["i"] += 1
-        loss, _ = loss_fn(module, b, "train")
+        with torch.autocast("cuda", dtype=torch.bfloat16):  # as trainer=gpu (bf16-mixed) does
+            loss, _ = loss_fn(module, b, "train")
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

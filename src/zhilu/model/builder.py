@@ -161,9 +161,10 @@ class ModelBuilder:
                     raise ConfigError("model.config.vocab_size is null: pass the tokenizer to build()")
                 fields["vocab_size"] = len(tokenizer)
             if tokenizer is not None:
+                # no pad_token_id, as in Llama-3's own config: the embedding then has no padding_idx
+                # (padding never carries labels or attention), which ZeRO-3's partitioned init needs
                 fields.setdefault("bos_token_id", tokenizer.bos_token_id)
                 fields.setdefault("eos_token_id", tokenizer.eos_token_id)
-                fields.setdefault("pad_token_id", tokenizer.pad_token_id)
             config = LlamaConfig(**fields)
             config._attn_implementation = attn
             with torch.random.fork_rng(devices=[]):
