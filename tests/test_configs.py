@@ -1,7 +1,5 @@
 """Every option of every config group composes and instantiates (nothing is run)."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from hydra.utils import instantiate

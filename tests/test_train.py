@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pandas as pd
-import pytest
 import torch
 
 from tests.conftest import ROOT, compose_train, fast_overrides, write_jsonl

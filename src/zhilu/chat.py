@@ -75,8 +75,6 @@ class ChatSession:
         ids = torch.tensor([self._prompt_ids(user)], device=self.model.device)
         streamer = None
         if stream is not None:
-            from transformers import TextStreamer
-
             streamer = _StreamTo(self.tok, stream)
         out = self.model.generate(
             input_ids=ids,

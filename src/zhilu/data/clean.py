@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
 
-from zhilu.data.formats import READERS, PreferencePair, RowError
+from zhilu.data.formats import READERS, PreferencePair, RowError, numbered_rows
 from zhilu.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -203,26 +203,7 @@ def read_records(path: str | Path, fmt: str, on_error: str = "raise", bad: list 
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}: expected one of {', '.join(FORMATS)}")
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: data file not found")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(items, list):
-            raise DataError(f"{path}: a .json data file must hold a list of rows")
-        numbered = list(enumerate(items, start=1))
-    else:
-        numbered = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                numbered.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                numbered.append((lineno, RowError(f"bad JSON ({exc.msg})")))
+    numbered = [(n, row if err is None else RowError(err)) for n, row, err in numbered_rows(path)[0]]
     out = []
     for lineno, row in numbered:
         try:

@@ -131,6 +131,33 @@ READERS: dict[str, Callable] = {
 }
 
 
+def numbered_rows(path: str | Path) -> tuple[list[tuple[int, object, str | None]], str]:
+    """``(number, row, error)`` for every row of a JSONL file (numbered by line) or a JSON list
+    (numbered by position), and the word for the numbering (``line`` or ``row``). A line that is
+    not JSON comes back with ``row=None`` and the reason; whole-file problems raise ``DataError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: a .json data file must hold a list of rows")
+        return [(i + 1, r, None) for i, r in enumerate(rows)], "row"
+    numbered = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            numbered.append((lineno, json.loads(line), None))
+        except json.JSONDecodeError as exc:
+            numbered.append((lineno, None, f"bad JSON ({exc.msg})"))
+    return numbered, "line"
+
+
 def iter_rows(path: str | Path, fmt: str, on_error: str = "raise", stats: dict | None = None) -> Iterator:
     """Parse ``path`` (JSONL, or a JSON list) with reader ``fmt``.
 
@@ -142,31 +169,10 @@ def iter_rows(path: str | Path, fmt: str, on_error: str = "raise", stats: dict |
     if on_error not in ("raise", "skip"):
         raise ConfigError(f"data.on_error={on_error!r}: expected raise or skip")
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: data file not found")
     reader = READERS[fmt]
     stats = stats if stats is not None else {}
     stats.setdefault("skipped", 0)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(rows, list):
-            raise DataError(f"{path}: a .json data file must hold a list of rows")
-        numbered = [(i + 1, r, None) for i, r in enumerate(rows)]
-        where = "row"
-    else:
-        numbered = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                numbered.append((lineno, json.loads(line), None))
-            except json.JSONDecodeError as exc:
-                numbered.append((lineno, None, f"bad JSON ({exc.msg})"))
-        where = "line"
+    numbered, where = numbered_rows(path)
     for lineno, row, err in numbered:
         if err is None and not isinstance(row, dict):
             err = "row is not a JSON object"

@@ -10,11 +10,11 @@
 from __future__ import annotations
 
 import csv
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zhilu.data.formats import numbered_rows
 from zhilu.errors import DataError
 
 LETTERS = "ABCDEFGHIJ"
@@ -70,13 +70,9 @@ def _from_csv(path: Path) -> list[Question]:
 
 def _from_jsonl(path: Path) -> list[Question]:
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{n}: bad JSON ({exc.msg})") from None
+    for n, row, err in numbered_rows(path)[0]:
+        if err is not None:
+            raise DataError(f"{path}:{n}: {err}")
         if not isinstance(row, dict):
             raise DataError(f"{path}:{n}: row is not a JSON object")
         qid = str(row.get("id", f"{path.stem}:{n}"))
