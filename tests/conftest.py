@@ -12,6 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from zhilu.utils import resolvers  # noqa: F401 - the configs' resolvers
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ZHILU_ROOT", str(ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from zhilu.errors import ZhiluError
+from zhilu.utils import resolvers  # noqa: F401 - registers the config resolvers
 
 ROOT = Path(__file__).resolve().parents[2]
 
