@@ -107,7 +107,10 @@ def main() -> None:
         return
     rows = []
     for name in args.adapters.split(","):
-        cmd = [sys.executable, __file__, "--one", name] + [a for a in sys.argv[1:] if not a.startswith("--adapters")]
+        cmd = [sys.executable, __file__, "--one", name, "--device", args.device, "--dtype", args.dtype,
+               "--size", args.size, "--attn", args.attn, "--seq-len", str(args.seq_len),
+               "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        cmd += ["--grad-ckpt"] if args.grad_ckpt else []
         r = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:

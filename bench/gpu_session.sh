@@ -15,6 +15,6 @@ for what in "${@:-all}"; do
     throughput|all) timeout 300 python3 bench/throughput.py --size 1b --seq-len 4096 --rows 2 --adapters full,lora --attn sdpa,flex_attention --steps 8 --warmup 3 --json "$OUT/throughput.json" 2>&1 | grep -v Warning | tail -12 | tee "$OUT/throughput.log" ;;&
     adapters|all) timeout 300 python3 bench/adapters.py --device cuda --dtype bf16 --size 1b --seq-len 1024 --batch-size 8 --steps 8 --warmup 3 --json "$OUT/adapters.json" 2>&1 | tail -10 | tee "$OUT/adapters.log" ;;&
     packing|all) [ -f bench/packing.py ] && timeout 300 python3 bench/packing.py --device cuda --dtype bf16 --model-size 1b 2>&1 | tail -20 | tee "$OUT/packing.log" ;;&
-    dpo|all) [ -f bench/dpo.py ] && timeout 300 python3 bench/dpo.py --device cuda 2>&1 | tail -15 | tee "$OUT/dpo.log" ;;&
+    dpo|all) [ -f bench/dpo.py ] && timeout 300 python3 bench/dpo.py --device cuda --dtype bf16 --size 1b --batch-size 8 --seq-len 512 --steps 20 --warmup 3 --json "$OUT/dpo.json" 2>&1 | grep -v -i warn | tail -10 | tee "$OUT/dpo.log" ;;&
   esac
 done

@@ -1,6 +1,7 @@
 """Training objectives (SFT, DPO and its relatives), each a small object chosen by ``objective=``."""
 
 from zhilu.objectives.base import Objective
+from zhilu.objectives.dpo import DPO
 from zhilu.objectives.sft import SFT
 
-__all__ = ["Objective", "SFT"]
+__all__ = ["DPO", "Objective", "SFT"]
