@@ -37,13 +37,9 @@ def test_matmul_params_excludes_the_embedding_table(tokenizer):
     assert flops.matmul_params(m) == total - len(tokenizer) * TINY["hidden_size"]
 
 
-class _CopyRef:
-    def needs_reference_copy(self, adapter):
-        return not adapter.has_disabled_reference
-
-
 def test_refusals_are_one_line(tmp_path):
     from zhilu.adapters import BAdam, FullFineTune, LoRA
+    from zhilu.objectives import DPO
 
     cfg = compose_train(["trainer=ddp", "trainer.devices=2"], tmp_path)
     with pytest.raises(ConfigError, match=r"adapter=badam with trainer=ddp on 2 devices is not supported"):
@@ -51,10 +47,11 @@ def test_refusals_are_one_line(tmp_path):
     compat.check(cfg, LoRA(), object())  # fine
     cfg = compose_train(["trainer=deepspeed_zero3", "trainer.devices=4"], tmp_path)
     with pytest.raises(ConfigError, match=r"objective=dpo with adapter=full needs a frozen copy"):
-        compat.check(cfg, FullFineTune(), _CopyRef())
-    compat.check(cfg, LoRA(), _CopyRef())
+        compat.check(cfg, FullFineTune(), DPO())
+    compat.check(cfg, LoRA(), DPO())
+    compat.check(cfg, FullFineTune(), DPO(loss_type="simpo"))  # reference-free: no copy
     cfg = compose_train(["trainer=deepspeed_zero2", "trainer.devices=4"], tmp_path)
-    compat.check(cfg, FullFineTune(), _CopyRef())
+    compat.check(cfg, FullFineTune(), DPO())
     cfg = compose_train(["trainer=ddp", "trainer.devices=1"], tmp_path)
     compat.check(cfg, BAdam(), object())  # one device: fine
 
