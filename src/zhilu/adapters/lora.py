@@ -30,6 +30,9 @@ class LoRA(Adapter):
     use_rslora: scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
     use_dora: weight-decomposed LoRA (trainable magnitude vectors).
     modules_to_save: modules trained in full next to the adapters (e.g. ``[lm_head]``).
+    autocast_adapter_dtype: keep adapter weights in fp32 when the base is bf16/fp16 (peft's
+        default; precise updates, but every adapter input is cast to fp32). ``false`` keeps them
+        in the base dtype.
     """
 
     name = "lora"
@@ -45,6 +48,7 @@ class LoRA(Adapter):
         use_dora: bool = False,
         modules_to_save: Sequence[str] | None = None,
         init_lora_weights: bool | str = True,
+        autocast_adapter_dtype: bool = True,
     ) -> None:
         if r <= 0:
             raise ConfigError(f"adapter.r={r}: must be a positive integer")
@@ -55,6 +59,7 @@ class LoRA(Adapter):
         self.use_rslora, self.use_dora = use_rslora, use_dora
         self.modules_to_save = list(modules_to_save) if modules_to_save else None
         self.init_lora_weights = init_lora_weights
+        self.autocast_adapter_dtype = autocast_adapter_dtype
         if use_dora:
             self.name = "dora"
 
@@ -77,7 +82,7 @@ class LoRA(Adapter):
         from peft import get_peft_model
 
         try:
-            peft_model = get_peft_model(model, self.peft_config())
+            peft_model = get_peft_model(model, self.peft_config(), autocast_adapter_dtype=self.autocast_adapter_dtype)
         except ValueError as exc:
             raise ConfigError(f"adapter.target_modules={self.target_modules}: {str(exc).splitlines()[0]}") from None
         return peft_model
