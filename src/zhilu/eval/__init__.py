@@ -1,0 +1,15 @@
+"""C-Eval / CMMLU / FinEval evaluation: official prompts, letter log-likelihood scoring, leaderboard tables.
+
+``python eval.py benchmark=ceval|cmmlu|fineval`` (``zhilu.eval.run``); during training
+``python train.py callbacks=mcq_eval`` (``zhilu.eval.callback.MCQEvalCallback``).
+"""
+
+from zhilu.eval.benchmark import Benchmark, BenchmarkData
+from zhilu.eval.loader import CsvLayout, Question
+from zhilu.eval.prompts import CEvalFormat, CMMLUFormat, FinEvalFormat, MCQFormat, PromptBuilder
+from zhilu.eval.runner import EvalResult, evaluate, write_outputs
+from zhilu.eval.scoring import GenerateScorer, LetterLoglikScorer, extract_choice
+
+__all__ = ["Benchmark", "BenchmarkData", "CsvLayout", "Question", "MCQFormat", "CEvalFormat", "CMMLUFormat",
+           "FinEvalFormat", "PromptBuilder", "EvalResult", "evaluate", "write_outputs", "LetterLoglikScorer",
+           "GenerateScorer", "extract_choice"]

@@ -1,0 +1,75 @@
+"""``python eval.py``: compose the benchmark, model and scorer from ``conf/eval.yaml`` and run them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from zhilu.errors import ConfigError, ZhiluError
+from zhilu.eval.runner import evaluate, write_outputs
+
+log = logging.getLogger(__name__)
+
+
+def build(node, **kwargs):
+    """``instantiate``, re-raising a zhilu error from a constructor as itself (one-line CLI error)."""
+    try:
+        return instantiate(node, _convert_="partial", **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, ZhiluError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def pick_scorer(cfg: DictConfig):
+    """``mode`` names one entry of ``scorers`` (``loglik`` or ``generate``)."""
+    scorers = cfg.get("scorers") or {}
+    if cfg.mode not in scorers:
+        raise ConfigError(f"mode={cfg.mode!r}: expected one of {', '.join(scorers)}")
+    return build(scorers[cfg.mode])
+
+
+def model_display_name(cfg: DictConfig, builder) -> str:
+    if cfg.get("model_name"):
+        return str(cfg.model_name)
+    if builder.path:
+        p = Path(builder.path).resolve()
+        # a run dir's export/ or export/merged: name it after the run dir
+        while p.name in ("merged", "export") and p.parent != p:
+            p = p.parent
+        return p.name
+    return builder.name
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    benchmark = build(cfg.benchmark)
+    scorer = pick_scorer(cfg)
+    data = benchmark.load()  # bad data fails before the model is loaded
+    builder = build(cfg.model)
+    tokenizer = builder.load_tokenizer()
+    model = builder.build(tokenizer)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    name = model_display_name(cfg, builder)
+    log.info("%s (%s split, %d-shot%s): %d questions in %d subjects, model %s", benchmark.name, benchmark.split,
+             benchmark.shots, ", chat" if benchmark.chat else "", data.num_questions, len(data.subjects), name)
+    result = evaluate(benchmark, model, tokenizer, scorer, model_name=name, data=data)
+    out = Path(cfg.paths.output_dir)
+    extra = {"model_path": builder.path, "mode": cfg.mode, "device": str(next(model.parameters()).device)}
+    write_outputs(result, out, extra)
+    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    s = result.stats
+    print(result.table, end="")
+    print(f"{s['num_questions']} questions, {s['questions_per_s'] or 0:.1f} questions/s; "
+          f"{s['dropped_shots']} shots dropped to fit {s['max_length']} tokens; outputs in {out}")
+    return result.summary()
