@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from zhilu.data.encode import IGNORE_INDEX, Example
+from zhilu.errors import DataError
 
 
 class PaddedCollator:
@@ -64,7 +65,9 @@ class PackedCollator:
 
     ``position_ids`` restart at 0 at every sequence (RoPE sees each as if alone), the first
     label of every sequence is ``-100`` (it would be predicted from the previous sequence's last
-    token), and the tail padding of a row is a document of its own with no labels.
+    token), and the tail padding of a row is a document of its own with no labels. Attention
+    masking per backend (block-diagonal mask, or FlashAttention's ``cu_seqlens`` on the flattened
+    rows) is done by :func:`zhilu.objectives.logps.decoder_view`.
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
@@ -76,6 +79,8 @@ class PackedCollator:
         seq_no = 0
         example_ids = torch.tensor([ex.meta.get("id", -1) for row in rows for ex in row], dtype=torch.long)
         for row in rows:
+            if not row:
+                raise DataError("packed batch has an empty row")
             ids_r, lab_r, pos_r, idx_r = [], [], [], []
             for ex in row:
                 for ids, lab in zip(ex.input_ids, ex.labels):

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 
 from zhilu.errors import ConfigError, ModelPathError
+from zhilu.model import attention as _attention  # registers attn_implementation="sdpa_varlen"
 
 log = logging.getLogger(__name__)
 
-ATTN_CHOICES = ("auto", "eager", "sdpa", "flex_attention", "flash_attention_2")
+ATTN_CHOICES = ("auto", "eager", "sdpa", "sdpa_varlen", "flex_attention", "flash_attention_2")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -50,7 +51,11 @@ def resolve_model_path(path: str | Path) -> Path:
 
 
 def pick_attn_implementation(choice: str, device_type: str | None = None) -> str:
-    """``auto``: FlashAttention-2 on CUDA when flash-attn is installed, else PyTorch sdpa."""
+    """``auto``: FlashAttention-2 on CUDA when flash-attn is installed, else PyTorch sdpa.
+
+    On CPU ``auto`` is ``sdpa_varlen``: sdpa, plus per-document attention for packed batches
+    (:mod:`zhilu.model.attention`); on CUDA without flash-attn, sdpa with a block-diagonal mask.
+    """
     if choice not in ATTN_CHOICES:
         raise ConfigError(f"model.attn_implementation={choice!r}: expected one of {', '.join(ATTN_CHOICES)}")
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,7 +74,9 @@ def pick_attn_implementation(choice: str, device_type: str | None = None) -> str
                 raise ConfigError("model.attn_implementation=flash_attention_2 needs a CUDA device")
             return "sdpa"
         return "flash_attention_2"
-    return "sdpa" if choice == "auto" else choice
+    if choice == "auto":
+        return _attention.NAME if device_type == "cpu" else "sdpa"
+    return choice
 
 
 def pick_dtype(choice: str) -> torch.dtype:
@@ -91,7 +98,8 @@ class ModelBuilder:
         config: ``LlamaConfig`` fields for a model built from scratch (random init from the seed).
         tokenizer_path: tokenizer folder; defaults to ``path``, else the tokenizer shipped with zhilu.
         dtype: ``auto`` | ``float32`` | ``bfloat16`` | ``float16``.
-        attn_implementation: ``auto`` | ``sdpa`` | ``eager`` | ``flex_attention`` | ``flash_attention_2``.
+        attn_implementation: ``auto`` | ``sdpa`` | ``sdpa_varlen`` | ``eager`` | ``flex_attention`` |
+            ``flash_attention_2``.
         gradient_checkpointing: recompute decoder-layer activations in the backward pass.
         seed: initialisation seed of a model built from ``config``.
     """
