@@ -17,11 +17,18 @@ set_project_root(Path(__file__).resolve().parent)
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @one_line_errors
 def main(cfg: DictConfig) -> float | None:
-    from zhilu.train.run import train
+    from zhilu.train.run import sweep_job_failure, train
 
-    metrics = train(cfg)
-    name = cfg.get("optimized_metric")
-    return metrics.get(name) if name else None
+    try:
+        metrics = train(cfg)
+    except Exception as exc:
+        failure = sweep_job_failure(exc)  # multirun: a plain error, so the sweeper records it and goes on
+        if failure is None:
+            raise
+    else:
+        name = cfg.get("optimized_metric")
+        return metrics.get(name) if name else None
+    raise failure
 
 
 if __name__ == "__main__":

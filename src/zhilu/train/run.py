@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,89 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     return {"builder": builder, "tokenizer": tokenizer, "datamodule": datamodule, "module": module}
 
 
+# ---- issue 7 (ablations): a failed run is recorded, each run closes its own W&B run ----------
 def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit one run. A crash leaves ``status: failed`` and the error in ``metrics.json`` (and re-raises);
+    the W&B run is finished either way, so the next job of a multirun opens its own."""
+    try:
+        results = _train(cfg)
+    except BaseException as exc:
+        finish_wandb(record_failure(cfg, exc))
+        raise
+    finish_wandb({})
+    return results
+
+
+def record_failure(cfg: DictConfig, exc: BaseException) -> dict[str, str]:
+    """Merge ``status`` (``failed``, or ``interrupted`` for Ctrl-C/exit) and ``error`` into ``metrics.json``."""
+    from zhilu.cli import user_error
+    from zhilu.utils.io import write_json_atomic
+
+    err = user_error(exc) or exc
+    record = {"status": "failed" if isinstance(exc, Exception) else "interrupted",
+              "error": f"{type(err).__name__}: {err}"[:4000]}
+    try:
+        path = Path(cfg.paths.output_dir) / "metrics.json"
+    except Exception:  # no run dir (config composed outside Hydra)
+        return record
+    metrics = {}
+    if path.is_file():
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            pass
+    metrics.update(record)
+    write_json_atomic(path, metrics)
+    log.error("run %s: %s (recorded in %s)", record["status"], (record["error"].splitlines() or [""])[0], path)
+    return record
+
+
+def finish_wandb(failure: dict[str, str]) -> None:
+    """Lightning's ``WandbLogger`` never calls ``wandb.finish()``: without this, every later job of a
+    multirun would log into the first job's W&B run. A failure goes into the run summary."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is None:
+        return
+    if failure:
+        run.summary.update(failure)
+    wandb.finish(exit_code=1 if failure else 0)
+
+
+class SweepJobFailed(RuntimeError):
+    """A multirun job's user error, raised as a plain error (not ``sys.exit``) so the sweep goes on."""
+
+
+def sweep_job_failure(exc: BaseException) -> SweepJobFailed | None:
+    """In a multirun, the error to raise for a job that failed on a user error (``ZhiluError``).
+
+    The entry points turn a ``ZhiluError`` into ``sys.exit(2)``, which would end a whole sweep. A
+    plain exception is caught by Hydra's ``run_job`` instead: the basic sweeper runs the remaining
+    jobs and exits non-zero at the end (``hydra.sweeper.max_batch_size=1`` stops at the first
+    failure), the Optuna sweeper marks the trial failed and goes on (within ``max_failure_rate``).
+    Other exceptions and single runs: ``None`` (raise as they are).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from zhilu.cli import user_error
+
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # HydraConfig not set
+        return None
+    err = user_error(exc)
+    if hydra_cfg.mode != RunMode.MULTIRUN or err is None:
+        return None
+    return SweepJobFailed(f"job {hydra_cfg.job.get('num')} ({hydra_cfg.runtime.output_dir}): {err}")
+
+
+# ---- end issue 7 ------------------------------------------------------------------------------
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     objs = build(cfg)
     module, datamodule = objs["module"], objs["datamodule"]
