@@ -1,9 +1,13 @@
-"""Generation speed callback: the merged copy computes the live model's function; exact token counts."""
+"""Ablation callbacks: generation speed (the merged copy computes the live model's function; exact
+token counts) and training cost (per-job memory peaks, CPU time)."""
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +17,8 @@ from zhilu.adapters import BAdam, FullFineTune, LoRA
 from zhilu.errors import ConfigError
 from zhilu.model import ModelBuilder
 from zhilu.objectives import SFT
-from zhilu.train.gen_speed import GenerationSpeed, merged_copy, peak_rss_mb, reset_peak_rss, token_agreement
+from zhilu.train.cost import TrainCost, peak_rss_mb, reset_peak_rss
+from zhilu.train.gen_speed import GenerationSpeed, merged_copy, token_agreement
 from zhilu.train.module import ZhiluModule
 
 ADAPTERS = {
@@ -99,3 +104,29 @@ def test_peak_rss_resets_between_jobs_of_one_process():
     del block
     assert reset_peak_rss()
     assert peak_rss_mb() < high - 48  # the 64 MiB peak of the earlier "job" is forgotten
+
+
+def fake_trainer():
+    return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")), callbacks=[],
+                           is_global_zero=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/clear_refs is Linux only")
+def test_train_cost_counts_step_cpu_time_tokens_and_memory_over_start(tmp_path):
+    cost, trainer = TrainCost(output_dir=str(tmp_path)), fake_trainer()
+    cost.on_fit_start(trainer, None)
+    kept = []
+    for i in range(2):
+        cost.on_train_batch_start(trainer, None, {}, i)
+        t = time.process_time()
+        while time.process_time() - t < 0.05:  # 50 ms of CPU work per step
+            pass
+        kept.append(torch.ones(32 * 2**20 // 4).add_(1))  # 32 MiB per step, resident until the end
+        cost.on_train_batch_end(trainer, None, None, {"num_tokens": 100}, i)
+    time.sleep(0.2)  # wall time outside the steps is not counted
+    cost.on_train_end(trainer, None)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.1 <= m["train_cpu_time_s"] < 0.5
+    assert m["train_tokens_per_cpu_s"] == pytest.approx(200 / m["train_cpu_time_s"])
+    assert 60 <= m["train_memory_over_start_mb"] < 200  # the 64 MiB kept, not the process baseline
+    assert m["train_peak_memory_mb"] >= m["train_memory_over_start_mb"]

@@ -29,7 +29,7 @@ def test_method_ablation_sweeps_every_adapter_with_the_same_settings(tmp_path):
     cfg = compose_train(["experiment=method_ablation"], tmp_path)
     params = cfg.hydra.sweeper.params
     assert params.adapter.split(",") == ADAPTERS and len(params.seed.split(",")) >= 2
-    assert {"gen_speed", "mcq_eval", "run_metrics", "export"} <= set(cfg.callbacks)
+    assert {"gen_speed", "train_cost", "mcq_eval", "run_metrics", "export"} <= set(cfg.callbacks)
 
     def shared(adapter: str) -> dict:
         c = compose_train(["experiment=method_ablation", f"adapter={adapter}"], tmp_path)
@@ -187,7 +187,9 @@ def test_multirun_over_every_adapter_then_the_report(tmp_path, sft_dir):
             continue
         assert metrics["status"] == "finished" and metrics["global_step"] == 3
         assert metrics["gen_new_tokens"] == 4 and metrics["gen_merged_agreement"] == 1.0
-        assert 0 <= metrics["val_cmmlu_avg_final"] <= 100 and metrics["train_peak_memory_mb"] > 0
+        assert 0 <= metrics["val_cmmlu_avg_final"] <= 100
+        assert metrics["train_cpu_time_s"] > 0 and metrics["train_peak_memory_mb"] > 0
+        assert 0 <= metrics["train_memory_over_start_mb"] <= metrics["train_peak_memory_mb"]
         # each job logs into its own W&B run (Lightning never finishes them; train() does)
         assert len(list((d / "wandb").glob("offline-run-*"))) == 1, d
 
@@ -200,7 +202,8 @@ def test_multirun_over_every_adapter_then_the_report(tmp_path, sft_dir):
         for col in table.columns:
             assert rows[a].cells[col.name].mean is not None, (a, col.name)
     names = {c.name for c in table.columns}
-    assert {"train_time_s", "peak_memory_mb", "gen_tokens_per_s_merged", "val_loss", "cmmlu_avg"} <= names
+    assert {"train_time_s", "train_cpu_time_s", "peak_memory_mb", "memory_over_start_mb", "gen_tokens_per_s_merged",
+            "gen_speedup_merged", "val_loss", "cmmlu_avg"} <= names
     trainable = {a: rows[a].cells["trainable_params"].mean for a in ADAPTERS}
     assert trainable["full"] > trainable["badam"] > 0 and trainable["dora"] > trainable["lora"]
 

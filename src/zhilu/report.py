@@ -209,7 +209,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("train_time_s", "Train time (s)", ("train_time_s",), "{:.1f}"),
     Column("wall_time_s", "Wall time (s)", ("wall_time_s",), "{:.1f}"),
     Column("tokens_per_s", "Train tokens/s", ("tokens_per_s",), "{:.0f}"),
+    # CPU time of the training steps: barely changed by other processes competing for the CPU
+    Column("train_cpu_time_s", "Train CPU time (s)", ("train_cpu_time_s",), "{:.1f}"),
     Column("peak_memory_mb", "Peak memory (MB)", ("train_peak_memory_mb", "peak_memory_mb"), "{:.0f}"),
+    # the peak above the fit-start level: gradients, optimizer state, activations
+    Column("memory_over_start_mb", "Memory over model (MB)", ("train_memory_over_start_mb",), "{:.0f}"),
     Column("gen_tokens_per_s_unmerged", "Gen tokens/s (unmerged)", ("gen_tokens_per_s_unmerged",), "{:.1f}"),
     Column("gen_tokens_per_s_merged", "Gen tokens/s (merged)", ("gen_tokens_per_s_merged",), "{:.1f}"),
     # merged / unmerged, timed back to back in one run: robust to a machine's load changing between runs

@@ -16,11 +16,6 @@ and writes ``gen_tokens_per_s_unmerged``, ``gen_tokens_per_s_merged``, ``gen_spe
 prompt set is timed ``repeats`` times per model, alternating live and merged, and the fastest
 pass counts (the least disturbed by other processes on a shared machine).
 
-It also records the training peak memory as ``train_peak_memory_mb`` at ``on_train_end`` (before
-the export and the merged copy allocate more): CUDA max allocated on a GPU; on a CPU the RSS
-high-water mark, which it resets at fit start (Linux ``/proc/self/clear_refs``) because the jobs of
-a Hydra multirun share one process and ``ru_maxrss`` would otherwise carry the largest earlier job.
-
 LoRA: https://arxiv.org/abs/2106.09685 (section 4: no inference latency once merged);
 DoRA: https://arxiv.org/abs/2402.09353.
 """
@@ -30,7 +25,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
@@ -38,8 +32,7 @@ import torch
 from torch import nn
 
 from zhilu.errors import ConfigError
-from zhilu.utils.io import write_json_atomic
-from zhilu.utils.memory import peak_memory_mb
+from zhilu.train.cost import merge_metrics
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +73,6 @@ class GenerationSpeed(L.Callback):
         self.merged = merged
         self.output_dir = output_dir
         self.results: dict[str, Any] = {}
-        self._rss_reset = False
-
-    # ----------------------------------------------------------------- hooks
-    def on_fit_start(self, trainer, pl_module) -> None:
-        self._rss_reset = reset_peak_rss()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        device = trainer.strategy.root_device
-        rss = peak_rss_mb() if self._rss_reset else None
-        if device.type == "cuda" or rss is None:
-            self.results["train_peak_memory_mb"] = peak_memory_mb(device)["peak_memory_mb"]
-        else:
-            self.results["train_peak_memory_mb"] = rss
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.world_size > 1:
@@ -100,8 +80,11 @@ class GenerationSpeed(L.Callback):
             self.results["gen_speed_skipped"] = f"world_size={trainer.world_size}"
         else:
             self.results.update(self.measure(pl_module))
-            log.info("gen_speed: %s", {k: v for k, v in self.results.items() if k.startswith("gen_")})
-        self._write(trainer)
+            log.info("gen_speed: %s", self.results)
+        merge_metrics(trainer, self.results, self.output_dir)
+        numeric = {f"gen/{k[4:]}": float(v) for k, v in self.results.items() if isinstance(v, (int, float))}
+        for lg in trainer.loggers:
+            lg.log_metrics(numeric, step=trainer.global_step)
 
     # ------------------------------------------------------------- measuring
     def prompt_ids(self, tokenizer) -> list[list[int]]:
@@ -163,25 +146,6 @@ class GenerationSpeed(L.Callback):
             model.train(was_training)
         return tokens / max(elapsed, 1e-9), generated
 
-    # --------------------------------------------------------------- output
-    def _write(self, trainer) -> None:
-        from zhilu.train.callbacks import RunMetrics
-
-        run_metrics = next((c for c in trainer.callbacks if isinstance(c, RunMetrics)), None)
-        if run_metrics is not None:
-            run_metrics.update(trainer, **self.results)
-        elif self.output_dir and trainer.is_global_zero:
-            path = Path(self.output_dir) / "metrics.json"
-            import json
-
-            data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-            data.update(self.results)
-            write_json_atomic(path, data)
-        numeric = {f"gen/{k[4:]}": float(v) for k, v in self.results.items()
-                   if k.startswith("gen_") and isinstance(v, (int, float))}
-        for lg in trainer.loggers:
-            lg.log_metrics(numeric, step=trainer.global_step)
-
 
 def merged_copy(adapter, model: nn.Module) -> nn.Module:
     """A plain ``*ForCausalLM`` holding ``adapter``'s merged weights, on the live model's device/dtype."""
@@ -214,27 +178,6 @@ def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
     total = sum(max(len(x), len(y)) for x, y in zip(a, b))
     same = sum(int(s == t) for x, y in zip(a, b) for s, t in zip(x, y))
     return same / total if total else 1.0
-
-
-def reset_peak_rss() -> bool:
-    """Linux: set this process's RSS high-water mark to its current RSS; False where unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float | None:
-    """This process's RSS high-water mark (``VmHWM``) in MiB, or ``None`` off Linux."""
-    try:
-        status = Path("/proc/self/status").read_text(encoding="ascii")
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return None
 
 
 def _sync(device: torch.device) -> None:
