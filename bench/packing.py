@@ -7,13 +7,14 @@ label masks come from ../shared/data/disc-finllm-sft-sample encoded with the shi
 (or, where that folder is missing, a log-normal mix with the same median and tail); token ids are
 random, since throughput does not depend on them.
 
-    python bench/packing.py                                   # tiny model, CPU, sdpa
+    python bench/packing.py --threads 1                       # tiny model, CPU: sdpa_varlen and sdpa
     python bench/packing.py --device cuda --dtype bf16 --attn flash_attention_2,sdpa --model-size 1b
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
 import sys
@@ -94,6 +95,12 @@ def packed_batches(examples: list[Example], rows_per_batch: int, capacity: int, 
     return batches, packing_stats(lengths, rows, capacity)
 
 
+def default_attns(device: str) -> str:
+    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2,sdpa"
+    return "sdpa_varlen,sdpa"
+
+
 def train_epoch(model, opt, batches: list[dict], device: str, loss_impl: str) -> float:
     """Seconds for one pass over ``batches``: forward, backward and optimizer step per batch."""
     sync(device)
@@ -112,8 +119,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16")
-    p.add_argument("--attn", default="sdpa_varlen,sdpa",
-                   help="comma list: sdpa_varlen (CPU default), sdpa, eager, flex_attention, flash_attention_2")
+    p.add_argument("--attn", default=None,
+                   help="comma list of sdpa_varlen, sdpa, eager, flex_attention, flash_attention_2 "
+                        "(default: flash_attention_2,sdpa on CUDA with flash-attn, else sdpa_varlen,sdpa)")
     p.add_argument("--model-size", default="tiny", help="tiny | small | 1b (Llama-3.2-1B shape, random weights)")
     p.add_argument("--max-length", type=int, default=1024, help="per-sample truncation = packed row length")
     p.add_argument("--batch-size", type=int, default=8, help="padded batch, in samples")
@@ -139,7 +147,7 @@ def main() -> None:
     real = sum(lengths)
     slots = {name: sum(b["input_ids"].numel() for b in batches) for name, batches in layouts.items()}
 
-    attns = args.attn.split(",")
+    attns = (args.attn or default_attns(args.device)).split(",")
     builder = ModelBuilder(config=dict(cfg, vocab_size=vocab), dtype=args.dtype, attn_implementation=attns[0],
                            seed=args.seed)
     model = builder.build(tok, device_type=args.device.split(":")[0]).to(args.device)
