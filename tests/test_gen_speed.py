@@ -106,27 +106,46 @@ def test_peak_rss_resets_between_jobs_of_one_process():
     assert peak_rss_mb() < high - 48  # the 64 MiB peak of the earlier "job" is forgotten
 
 
-def fake_trainer():
+def fake_trainer(optimizers=()):
     return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")), callbacks=[],
-                           is_global_zero=True)
+                           is_global_zero=True, optimizers=list(optimizers))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/clear_refs is Linux only")
 def test_train_cost_counts_step_cpu_time_tokens_and_memory_over_start(tmp_path):
+    module = torch.nn.Linear(4, 3)  # 15 fp32 weights (60 B), all trained; no optimizer state
     cost, trainer = TrainCost(output_dir=str(tmp_path)), fake_trainer()
-    cost.on_fit_start(trainer, None)
+    cost.on_fit_start(trainer, module)
     kept = []
     for i in range(2):
-        cost.on_train_batch_start(trainer, None, {}, i)
+        cost.on_train_batch_start(trainer, module, {}, i)
         t = time.process_time()
         while time.process_time() - t < 0.05:  # 50 ms of CPU work per step
             pass
         kept.append(torch.ones(32 * 2**20 // 4).add_(1))  # 32 MiB per step, resident until the end
-        cost.on_train_batch_end(trainer, None, None, {"num_tokens": 100}, i)
+        cost.on_train_batch_end(trainer, module, None, {"num_tokens": 100}, i)
     time.sleep(0.2)  # wall time outside the steps is not counted
-    cost.on_train_end(trainer, None)
+    cost.on_train_end(trainer, module)
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert 0.1 <= m["train_cpu_time_s"] < 0.5
     assert m["train_tokens_per_cpu_s"] == pytest.approx(200 / m["train_cpu_time_s"])
     assert 60 <= m["train_memory_over_start_mb"] < 200  # the 64 MiB kept, not the process baseline
     assert m["train_peak_memory_mb"] >= m["train_memory_over_start_mb"]
+    assert m["train_state_mb"] * 2**20 == 60 + 60  # weights + one gradient buffer each
+
+
+def test_training_state_counts_weights_grads_and_adam_state_by_hand():
+    from zhilu.utils.memory import training_state_mb
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2, bias=False))
+    model[1].weight.requires_grad_(False)  # frozen: weights only
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.ones(1, 4)).sum().backward()
+    opt.step()
+    mb = training_state_mb(model, [opt])
+    # weights: (12 + 3 + 6) fp32 = 84 B; grads: the 15 trainable = 60 B;
+    # AdamW: exp_avg + exp_avg_sq (2 x 60 B) + one fp32 scalar step per parameter tensor (2 x 4 B) = 128 B
+    assert mb["train_state_weights_mb"] * 2**20 == 84
+    assert mb["train_state_grads_mb"] * 2**20 == 60
+    assert mb["train_state_optimizer_mb"] * 2**20 == 128
+    assert mb["train_state_mb"] * 2**20 == 84 + 60 + 128

@@ -180,6 +180,7 @@ def test_multirun_over_every_adapter_then_the_report(tmp_path, sft_dir):
     dirs = find_run_dirs([tmp_path / "sweep"])
     assert [d.name for d in dirs] == [f"{i}_{a}_seed0" for i, a in
                                       enumerate(["full", "lora", "broken", "loraplus", "dora", "badam"])]
+    state = {}
     for d in dirs:
         metrics = json.loads((d / "metrics.json").read_text())
         if "broken" in d.name:
@@ -190,9 +191,13 @@ def test_multirun_over_every_adapter_then_the_report(tmp_path, sft_dir):
         assert 0 <= metrics["val_cmmlu_avg_final"] <= 100
         assert metrics["train_cpu_time_s"] > 0 and metrics["train_peak_memory_mb"] > 0
         assert 0 <= metrics["train_memory_over_start_mb"] <= metrics["train_peak_memory_mb"]
+        state[d.name.split("_")[1]] = metrics["train_state_mb"]
         # each job logs into its own W&B run (Lightning never finishes them; train() does)
         assert len(list((d / "wandb").glob("offline-run-*"))) == 1, d
 
+    # full FT keeps a gradient and two Adam moments for every weight; the adapters far less
+    assert state["full"] > 2 * max(state["lora"], state["dora"]) and state["full"] > state["badam"]
+    assert state["lora"] == state["loraplus"] < state["dora"]  # DoRA adds the magnitude vectors
     table = build_table([load_run(d) for d in dirs])
     rows = {row.method: row for row in table.rows}
     assert list(rows) == ["full", "lora", "broken", "loraplus", "dora", "badam"]

@@ -212,6 +212,8 @@ COLUMNS: tuple[Column, ...] = (
     # CPU time of the training steps: barely changed by other processes competing for the CPU
     Column("train_cpu_time_s", "Train CPU time (s)", ("train_cpu_time_s",), "{:.1f}"),
     Column("peak_memory_mb", "Peak memory (MB)", ("train_peak_memory_mb", "peak_memory_mb"), "{:.0f}"),
+    # weights + gradient buffers + optimizer state, counted from the tensors (no allocator noise)
+    Column("train_state_mb", "Weights+grads+optimizer (MB)", ("train_state_mb",), "{:.1f}"),
     # the peak above the fit-start level: gradients, optimizer state, activations
     Column("memory_over_start_mb", "Memory over model (MB)", ("train_memory_over_start_mb",), "{:.0f}"),
     Column("gen_tokens_per_s_unmerged", "Gen tokens/s (unmerged)", ("gen_tokens_per_s_unmerged",), "{:.1f}"),
@@ -400,8 +402,14 @@ def plot_time_memory(table: Table, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [("train_time_s", "training time (s)"), ("peak_memory_mb", "peak memory (MB)"),
+              ("train_state_mb", "weights + grads + optimizer (MB)"),
               (("gen_tokens_per_s_unmerged", "gen_tokens_per_s_merged"), "generation tokens/s")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4))
+    present = {c.name for c in table.columns}
+    panels = [(k, t) for k, t in panels if set((k,) if isinstance(k, str) else k) <= present]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    axes = axes[0]
     names = [r.method if r.status == "ok" else f"{r.method}\n({r.status})" for r in table.rows]
     x = list(range(len(table.rows)))
     for ax, (keys, title) in zip(axes, panels):

@@ -15,7 +15,9 @@ multirun on a shared machine, and this callback records figures that resist both
 
 Written into ``metrics.json`` (via :class:`~zhilu.train.callbacks.RunMetrics` when present) at the
 end of training: ``train_peak_memory_mb``, ``train_memory_over_start_mb``, ``train_cpu_time_s``,
-``train_tokens_per_cpu_s``.
+``train_tokens_per_cpu_s``, and ``train_state_mb`` (weights + gradients + optimizer state,
+counted from the tensors after each step, the largest kept: what a PEFT method saves, free of allocator and activation noise; its
+parts as ``train_state_{weights,grads,optimizer}_mb``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import lightning as L
 import torch
 
 from zhilu.utils.io import write_json_atomic
-from zhilu.utils.memory import peak_memory_mb
+from zhilu.utils.memory import peak_memory_mb, training_state_mb
 
 log = logging.getLogger(__name__)
 MB = 2**20
@@ -50,9 +52,11 @@ class TrainCost(L.Callback):
         self._cpu = 0.0
         self._tokens = 0
         self._t = 0.0
+        self._state: dict[str, float] = {}
 
     def on_fit_start(self, trainer, pl_module) -> None:
         gc.collect()  # what earlier jobs of this process left behind, before the baseline
+        self._state = {}
         device = trainer.strategy.root_device
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -68,6 +72,9 @@ class TrainCost(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._cpu += time.process_time() - self._t
         self._tokens += int(batch.get("num_tokens", 0))
+        state = training_state_mb(pl_module, trainer.optimizers)  # the largest over steps (BAdam's varies)
+        if state["train_state_mb"] > self._state.get("train_state_mb", -1.0):
+            self._state = state
 
     def on_train_end(self, trainer, pl_module) -> None:
         device = trainer.strategy.root_device
@@ -81,6 +88,7 @@ class TrainCost(L.Callback):
                             train_tokens_per_cpu_s=self._tokens / self._cpu if self._cpu else 0.0)
         if self._start_mb is not None:
             self.results["train_memory_over_start_mb"] = max(0.0, peak - self._start_mb)
+        self.results.update(self._state or training_state_mb(pl_module, trainer.optimizers))
         merge_metrics(trainer, self.results, self.output_dir)
 
 

@@ -13,8 +13,8 @@ and writes ``gen_tokens_per_s_unmerged``, ``gen_tokens_per_s_merged``, ``gen_spe
 ``gen_merged_agreement`` (share of greedy tokens on which both agree: a merge check) into
 ``metrics.json`` through :class:`~zhilu.train.callbacks.RunMetrics`. Every prompt decodes exactly
 ``max_new_tokens`` tokens (``min_new_tokens`` = ``max_new_tokens``), one prompt at a time; the
-prompt set is timed ``repeats`` times per model, alternating live and merged, and the fastest
-pass counts (the least disturbed by other processes on a shared machine).
+prompt set is timed ``repeats`` times per model, alternating live and merged (ABBA order, so
+neither always runs second), and the fastest pass counts (the least disturbed by other processes on a shared machine).
 
 LoRA: https://arxiv.org/abs/2106.09685 (section 4: no inference latency once merged);
 DoRA: https://arxiv.org/abs/2402.09353.
@@ -103,8 +103,9 @@ class GenerationSpeed(L.Callback):
         best: dict[str, float] = {}
         tokens: dict[str, list] = {}
         try:
-            for _ in range(self.repeats):
-                for name, model in models.items():
+            for i in range(self.repeats):
+                order = list(models.items())
+                for name, model in (order if i % 2 == 0 else order[::-1]):  # ABBA: no order bias
                     tps, tokens[name] = self.time_generate(model, prompts, pad_id)
                     best[name] = max(best.get(name, 0.0), tps)
         finally:

@@ -21,3 +21,25 @@ def peak_memory_mb(device: torch.device | None = None) -> dict[str, float]:
 def reset_peak_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+
+
+def training_state_mb(module: torch.nn.Module, optimizers=()) -> dict[str, float]:
+    """The bytes a method keeps for training, counted from its tensors (deterministic, any device).
+
+    ``weights``: every parameter (frozen ones too); ``grads``: one gradient buffer per parameter
+    that requires grad (for BAdam only the active block's); ``optimizer``: every tensor in the
+    optimizers' state (Adam: two moments and a step per trained parameter). Activations and
+    allocator slack are not included: those are what peak memory adds on top.
+    """
+    def nbytes(t: torch.Tensor) -> int:
+        return t.numel() * t.element_size()
+
+    params = list(module.parameters())
+    weights = sum(nbytes(p) for p in params)
+    grads = sum(nbytes(p) for p in params if p.requires_grad)
+    state = 0
+    for opt in optimizers:
+        for per_param in opt.state.values():
+            state += sum(nbytes(v) for v in per_param.values() if isinstance(v, torch.Tensor))
+    mb = {"weights": weights / 2**20, "grads": grads / 2**20, "optimizer": state / 2**20}
+    return {**{f"train_state_{k}_mb": v for k, v in mb.items()}, "train_state_mb": sum(mb.values())}
