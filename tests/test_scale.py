@@ -54,6 +54,11 @@ def test_refusals_are_one_line(tmp_path):
     compat.check(cfg, FullFineTune(), DPO())
     cfg = compose_train(["trainer=ddp", "trainer.devices=1"], tmp_path)
     compat.check(cfg, BAdam(), object())  # one device: fine
+    cfg = compose_train(["trainer=cpu", "model.attn_implementation=flex_attention"], tmp_path)
+    with pytest.raises(ConfigError, match=r"flex_attention cannot train on CPU: torch's FlexAttention has no CPU "
+                                          r"backward"):
+        compat.check(cfg, LoRA(), object())
+    compat.check(compose_train(["trainer=cpu", "model.attn_implementation=sdpa_varlen"], tmp_path), LoRA(), object())
 
 
 @pytest.mark.parametrize("option", ["deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload"])

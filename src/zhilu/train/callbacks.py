@@ -50,17 +50,22 @@ class RunMetrics(L.Callback):
         dm = getattr(trainer, "datamodule", None)
         if dm is not None and getattr(dm, "stats", None):
             self.metrics["data"] = dict(dm.stats)
-        self._setup_flops(trainer, pl_module, trainable)
+        self._setup_flops(trainer, pl_module, trainable, total)
 
-    def _setup_flops(self, trainer, pl_module, trainable: int) -> None:
+    def _setup_flops(self, trainer, pl_module, trainable: int, total: int) -> None:
         from zhilu.objectives.logps import base_causal_lm
         from zhilu.train import flops
+        from zhilu.train.strategies import is_fsdp_wrapped
 
         lm = base_causal_lm(pl_module.model)
         cfg = lm.config
         if self.peak is None and trainer.strategy.root_device.type == "cuda":
             self.peak = flops.peak_flops(torch.cuda.get_device_name(trainer.strategy.root_device))
-        n = flops.matmul_params(lm)
+        if is_fsdp_wrapped(lm):  # parameters are flat shards: all but the embedding table, from the counts
+            embed = lm.get_input_embeddings()
+            n = total - embed.num_embeddings * embed.embedding_dim
+        else:
+            n = flops.matmul_params(lm)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self._flops_args = {"n_params": n, "n_layers": cfg.num_hidden_layers,
                             "attn_width": cfg.num_attention_heads * head_dim,
@@ -145,10 +150,20 @@ class ExportHF(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if not self.enabled:
             return
-        from zhilu.train.strategies import gathered
+        from zhilu.train.strategies import full_state_dict, gathered, strategy_name
 
-        with gathered(trainer):  # every rank enters (a collective); rank 0 writes full weights
+        if strategy_name(trainer.strategy) == "fsdp":
+            # the live model's module names carry FSDP's wrappers, which peft's adapter export does not
+            # see through (it writes an empty adapter): export a plain copy holding the gathered weights
+            state = full_state_dict(trainer)  # every rank (a collective); the weights land on rank 0
             if trainer.is_global_zero:
-                merged = pl_module.adapter.export(pl_module.model, pl_module.tokenizer, self.out)
-                log.info("exported %s", merged)
+                self._export(pl_module, pl_module.plain_copy(state))
+        else:
+            with gathered(trainer):  # every rank enters (a collective); rank 0 writes full weights
+                if trainer.is_global_zero:
+                    self._export(pl_module, pl_module.model)
         trainer.strategy.barrier("export")
+
+    def _export(self, pl_module, model) -> None:
+        merged = pl_module.adapter.export(model, pl_module.tokenizer, self.out)
+        log.info("exported %s", merged)

@@ -21,12 +21,38 @@ def _devices(cfg: DictConfig) -> int:
     return len(devices) * nodes  # a list of device ids
 
 
+def _on_cpu(cfg: DictConfig) -> bool:
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    if accelerator == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return accelerator == "cpu"
+
+
 def check(cfg: DictConfig, adapter, objective) -> None:
     strategy = cfg.trainer.get("strategy") or "auto"
     target = strategy.get("_target_", "") if hasattr(strategy, "get") else str(strategy)
     kind = strategy_name(target)
     stage = strategy.get("stage", None) if hasattr(strategy, "get") else None
     n = _devices(cfg)
+    if cfg.get("model") is not None and cfg.model.get("attn_implementation") == "flex_attention" and _on_cpu(cfg):
+        raise ConfigError(
+            "model.attn_implementation=flex_attention cannot train on CPU: torch's FlexAttention has no CPU "
+            "backward; use auto (sdpa_varlen: per-document attention for packed rows) or sdpa"
+        )
+    if kind == "fsdp" and strategy.get("state_dict_type") == "full" and _on_cpu(cfg):
+        raise ConfigError(
+            "trainer.strategy.state_dict_type=full with trainer=fsdp on CPU is not supported: gathering the full "
+            "state dict offloads it to CPU, which frees the gathered weights when they are on CPU already "
+            "(a segfault in torch's FSDP); use state_dict_type=sharded (the default)"
+        )
+    if adapter.name == "badam" and kind == "fsdp":
+        raise ConfigError(
+            "adapter=badam with trainer=fsdp is not supported: BAdam switches which parameters train "
+            "(requires_grad) and swaps its optimizer's parameters during the run, which FSDP's flat "
+            "parameters cannot follow once wrapped; train BAdam with trainer=cpu|gpu (its memory is close to LoRA's)"
+        )
     if adapter.name == "badam" and kind != "single" and n > 1:
         raise ConfigError(
             f"adapter=badam with trainer={kind} on {n} devices is not supported: BAdam switches which "

@@ -11,6 +11,7 @@ import torch
 
 from zhilu.adapters.base import Adapter, count_parameters
 from zhilu.objectives.base import Objective
+from zhilu.train.strategies import clean_name, is_fsdp_wrapped, sharded_checkpoints, strategy_name
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +47,35 @@ class ZhiluModule(L.LightningModule):
         self.tokenizer = tokenizer
         self.model = None
         self.strict_loading = False  # adapters checkpoint only what trains
+        self._built_counts: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        device_type = None
-        if self._trainer is not None:
-            device_type = self.trainer.strategy.root_device.type
-        net = self.builder.build(self.tokenizer, device_type=device_type)
-        self.model = self.adapter.apply(net)
+        self.model = self._build()
         self.objective.setup(self)
-        trainable, total = count_parameters(self.model)
+        trainable, total = self._built_counts = count_parameters(self.model)
         log.info("%s + %s: %s trainable of %s parameters", self.builder.name, self.adapter.name,
                  f"{trainable:,}", f"{total:,}")
 
+    def _build(self) -> torch.nn.Module:
+        """The model with its adapter, on CPU (attention picked for the trainer's device)."""
+        device_type = self.trainer.strategy.root_device.type if self._trainer is not None else None
+        return self.adapter.apply(self.builder.build(self.tokenizer, device_type=device_type))
+
+    def plain_copy(self, state_dict: dict) -> torch.nn.Module:
+        """A fresh, unwrapped copy of ``self.model`` holding ``state_dict``, this module's full state dict
+        (``model.`` keys), e.g. gathered from FSDP shards for export."""
+        net = self._build()
+        net.load_state_dict({k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")})
+        return net
+
     @property
     def param_counts(self) -> tuple[int, int]:
+        """(trainable, total); under FSDP the counts as built (each rank then holds only shards)."""
+        if self._built_counts is not None and is_fsdp_wrapped(self.model):
+            return self._built_counts
         return count_parameters(self.model)
 
     # -------------------------------------------------------------- training
@@ -113,10 +126,18 @@ class ZhiluModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, total_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """FSDP: the norm over every rank's shards (Lightning's own clipping refuses ``norm`` under FSDP)."""
+        if gradient_clip_val and strategy_name(self.trainer.strategy) == "fsdp" and gradient_clip_algorithm != "value":
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self.adapter.checkpoint_keys(self.model)
-        if keep is not None:
+        if keep is not None and not sharded_checkpoints(self.trainer.strategy):
+            keep = {clean_name(k) for k in keep}  # FSDP/activation-checkpointing wrappers in the names
             sd = checkpoint["state_dict"]
             checkpoint["state_dict"] = {k: v for k, v in sd.items() if k.removeprefix("model.") in keep}
         if hasattr(self.adapter, "state_dict"):

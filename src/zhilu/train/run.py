@@ -27,17 +27,21 @@ def instantiate_dict(cfg: DictConfig | None) -> list:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
-    """``last`` means ``<output_dir>/checkpoints/last.ckpt`` (resume a crashed run in place)."""
+    """``last`` means ``<output_dir>/checkpoints/last.ckpt`` (resume a crashed run in place).
+
+    A checkpoint is a file, or a directory for sharded engines (FSDP ``state_dict_type=sharded``:
+    ``last.ckpt/`` with one shard file per rank; DeepSpeed likewise).
+    """
     if not ckpt_path:
         return None
     if ckpt_path == "last":
         p = Path(output_dir) / "checkpoints" / "last.ckpt"
-        if not p.is_file():
+        if not p.exists():
             log.warning("ckpt_path=last: no %s yet, starting fresh", p)
             return None
         return str(p)
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    if not Path(ckpt_path).exists():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file or directory")
     return ckpt_path
 
 
