@@ -114,7 +114,7 @@ def run(adapter_name: str, attn: str, args) -> dict:
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "step_s": median(times),
            "tokens_per_step": tokens, "mean_doc_len": tokens / seqs, "packing_efficiency": stats.efficiency,
            "params": sum(p.numel() for p in model.parameters()), "trainable": trainable}
-    del module, model, opt, batches
+    module = model = opt = batches = None  # drop the references (step() closes over them) before freeing
     gc.collect()
     torch.cuda.empty_cache()
     return out
