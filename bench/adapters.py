@@ -6,6 +6,7 @@ memory (CUDA max allocated on GPU, peak RSS on CPU) is its own. Prints one table
 ``full`` and to ``lora``, measured in one run.
 
     python bench/adapters.py                                   # CPU, tiny model
+    python bench/adapters.py --adapters lora,dora,dora_peft     # zhilu's lean DoRA vs peft's
     python bench/adapters.py --device cuda --dtype bf16 --size 1b --seq-len 1024 --batch-size 8
 """
 
@@ -26,6 +27,8 @@ ADAPTERS = {
     "lora": ("zhilu.adapters.LoRA", {"r": 16, "alpha": 32, "dropout": 0.0}),
     "loraplus": ("zhilu.adapters.LoRAPlus", {"r": 16, "alpha": 32, "dropout": 0.0, "lr_ratio": 16}),
     "dora": ("zhilu.adapters.LoRA", {"r": 16, "alpha": 32, "dropout": 0.0, "use_dora": True}),
+    # peft's own DoRA layer (two saved activations per layer), for comparison with zhilu's lean one
+    "dora_peft": ("zhilu.adapters.LoRA", {"r": 16, "alpha": 32, "dropout": 0.0, "use_dora": True, "lean_dora": False}),
     "badam": ("zhilu.adapters.BAdam", {"switch_interval": 1000}),
 }
 
