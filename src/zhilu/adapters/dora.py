@@ -10,6 +10,9 @@ both ``W x'`` and ``B A x'`` (two ``tokens x out`` tensors per layer), and five 
 over the output. The magnitude's gradient needs only the sum ``W x' + s * B A x'``, so
 :class:`_DoraScale` keeps that one tensor; without dropout the layer output is that function alone.
 
+Under bf16 autocast the sum is held in the activation dtype (bf16), as peft holds its two terms:
+one more rounding before the fp32 scale, of the size of the output's own cast back to bf16.
+
 Everything else (parameters, the norm, merging, the state dict) is peft's: :func:`make_lean` swaps
 the classes of peft's DoRA objects in place, adding no state, so checkpoints and exports are
 unchanged and ``adapter.lean_dora=false`` gives peft's own layer back.
