@@ -63,3 +63,49 @@ def test_overlong_policies(tokenizer):
         ChatEncoder(tokenizer, max_length=32, overlong="error").sft(long, what="row 7")
     with pytest.raises(ConfigError, match="data.overlong='cut'"):
         ChatEncoder(tokenizer, overlong="cut")
+
+
+def test_replayable_sampler_keeps_torch_order_and_replays_an_interrupted_epoch():
+    import torch
+    from torch.utils.data import DataLoader
+
+    from zhilu.data.sampler import ReplayableRandomSampler
+
+    data = list(range(10))
+
+    def epochs(loader, n, stop_after=None):
+        out = []
+        for _ in range(n):
+            batches = []
+            for b in loader:  # like Lightning: a sized loader is not drawn past its last batch
+                batches.append(b.tolist())
+                if len(batches) == len(loader):
+                    break
+            out.append(batches)
+        return out
+
+    torch_loader = DataLoader(data, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(7))
+    sampler = ReplayableRandomSampler(data, generator=torch.Generator().manual_seed(7))
+    ours = DataLoader(data, batch_size=3, sampler=sampler, generator=sampler.generator)
+    expected = epochs(torch_loader, 3)
+    assert epochs(ours, 3) == expected and expected[0] != expected[1]  # runs keep their data order
+
+    # interrupted after 2 batches of epoch 1: a fresh loader replays the rest of epoch 1, then epoch 2
+    sampler = ReplayableRandomSampler(data, generator=torch.Generator().manual_seed(7))
+    first = DataLoader(data, batch_size=3, sampler=sampler, generator=sampler.generator)
+    epochs(first, 1)
+    it = iter(first)
+    next(it), next(it)
+    state = sampler.state(samples_done=6, epoch_complete=False)
+    fresh = ReplayableRandomSampler(data, generator=torch.Generator().manual_seed(7))
+    fresh.replay(state)
+    resumed = DataLoader(data, batch_size=3, sampler=fresh, generator=fresh.generator)
+    assert [b.tolist() for b in resumed] == expected[1][2:]
+    # interrupted at the end of epoch 0: the fresh loader starts with epoch 1
+    sampler = ReplayableRandomSampler(data, generator=torch.Generator().manual_seed(7))
+    first = DataLoader(data, batch_size=3, sampler=sampler, generator=sampler.generator)
+    epochs(first, 1)
+    fresh = ReplayableRandomSampler(data, generator=torch.Generator().manual_seed(7))
+    fresh.replay(sampler.state(samples_done=10, epoch_complete=True))
+    resumed = DataLoader(data, batch_size=3, sampler=fresh, generator=fresh.generator)
+    assert epochs(resumed, 2) == expected[1:]

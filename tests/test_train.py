@@ -3,9 +3,12 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.conftest import ROOT, compose_train, fast_overrides, write_jsonl
 from zhilu.train.run import train
@@ -39,6 +42,29 @@ def test_resume_continues_the_step_count(sft_dir, tmp_path):
     resumed = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
     for k, v in state["state_dict"].items():
         assert not torch.equal(v, resumed["state_dict"][k]), f"{k} did not train after resume"
+
+
+@pytest.mark.parametrize("stop", [2, 3], ids=["epoch_end", "mid_epoch"])
+def test_resume_trains_exactly_like_an_uninterrupted_run(sft_dir, tmp_path, stop):
+    """Checkpoints hold the RNG state and the data order: LoRA with dropout, interrupted after step
+    ``stop`` (2 batches an epoch) and resumed, ends with the weights of 5 uninterrupted steps."""
+    base = fast_overrides(sft_dir, "adapter=lora", "adapter.dropout=0.3", "optimizer.lr=1e-2",
+                          "data.limit_train_samples=8", "trainer.max_steps=5",
+                          f"callbacks.model_checkpoint.every_n_train_steps={stop}", "validate_after_fit=false")
+    train(compose_train(base, tmp_path / "straight"))
+    run = tmp_path / "resumed"
+    train(compose_train(base + ["+callbacks.stop._target_=tests.helpers.stop_at.StopAt",
+                                f"+callbacks.stop.step={stop}"], run))
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == stop and len(ckpt["rng_states"]) == 1  # one entry per rank
+    assert ckpt["ChatDataModule"]["train_order"]["epoch_complete"] == (stop == 2)
+    metrics = train(compose_train(base + ["ckpt_path=last"], run))
+    assert metrics["global_step"] == 5
+    adapter = Path("export") / "adapter" / "adapter_model.safetensors"  # written at the end of fit
+    straight, resumed = load_file(tmp_path / "straight" / adapter), load_file(run / adapter)
+    assert straight.keys() == resumed.keys() and straight
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=1e-7, msg=k)
 
 
 def test_run_dir_has_metrics_config_and_loadable_export(sft_dir, tmp_path):

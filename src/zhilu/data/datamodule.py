@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,6 +15,7 @@ from zhilu.data.collate import PackedCollator, PaddedCollator
 from zhilu.data.encode import ChatEncoder, Example
 from zhilu.data.formats import iter_rows
 from zhilu.data.packing import best_fit_decreasing, packing_stats
+from zhilu.data.sampler import ReplayableRandomSampler
 from zhilu.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,8 @@ class ChatDataModule(L.LightningDataModule):
         self.val_examples: list[Example] = []
         self.stats: dict[str, Any] = {}
         self.train_set: Dataset | None = None
+        self._sampler: ReplayableRandomSampler | None = None
+        self._resume_state: dict | None = None  # the data order of a checkpoint, for the next train loader
 
     # ---------------------------------------------------------------- reading
     def _sources(self, files) -> list[tuple[str, str]]:
@@ -212,16 +216,43 @@ class ChatDataModule(L.LightningDataModule):
         return PackedCollator(pad, self.pad_to_multiple_of) if packed else PaddedCollator(pad, self.pad_to_multiple_of)
 
     def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
+        g = torch.Generator().manual_seed(self.seed)  # shared by the sampler and the loader, as shuffle=True does
+        self._sampler = ReplayableRandomSampler(self.train_set, generator=g)
+        if self._resume_state is not None:
+            if getattr(self.trainer, "world_size", 1) == 1:
+                self._sampler.replay(self._resume_state)
+                if not self._resume_state["epoch_complete"]:
+                    # Lightning cannot see that this loader resumes mid-epoch; it does
+                    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+            self._resume_state = None
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=self._sampler,
             generator=g,
             collate_fn=self.collator(self.packing),
             num_workers=self.num_workers,
             drop_last=False,
         )
+
+    # --------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """Where the training order stands: a resumed run trains on the batches an uninterrupted one would."""
+        if self._sampler is None or self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        done = progress.processed  # batches trained in this epoch (the checkpoint follows the last of them)
+        complete = done >= self.trainer.num_training_batches
+        return {"train_order": self._sampler.state(done * self.batch_size, complete), "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "train_order" not in state:
+            return
+        if state.get("batch_size") != self.batch_size:
+            log.warning("checkpoint data order is for batch_size=%s, this run has %s: the data order restarts",
+                        state.get("batch_size"), self.batch_size)
+            return
+        self._resume_state = state["train_order"]
 
     def val_dataloader(self):
         if not self.val_examples:

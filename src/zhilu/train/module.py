@@ -12,6 +12,7 @@ import torch
 from zhilu.adapters.base import Adapter, count_parameters
 from zhilu.objectives.base import Objective
 from zhilu.train.strategies import clean_name, is_fsdp_wrapped, sharded_checkpoints, strategy_name
+from zhilu.utils import rng
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,9 @@ class ZhiluModule(L.LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in sd.items() if k.removeprefix("model.") in keep}
         if hasattr(self.adapter, "state_dict"):
             checkpoint["adapter_state"] = self.adapter.state_dict()
+        checkpoint["rng_states"] = rng.collect()  # every rank's: a resumed run draws the same dropout masks
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "adapter_state" in checkpoint and hasattr(self.adapter, "load_state_dict"):
             self.adapter.load_state_dict(checkpoint["adapter_state"])
+        rng.restore(checkpoint.get("rng_states"))
