@@ -108,3 +108,37 @@ def test_export_and_merge_unchanged(tokenizer, tmp_path):
         assert not any(isinstance(m, DoraLinearLayer) for m in merged.modules())
         out = merged(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     torch.testing.assert_close(out, live, rtol=1e-4, atol=1e-4)
+
+
+def test_scale_is_cached_without_autograd_until_a_weight_changes(tokenizer, monkeypatch):
+    b = batch(tokenizer)
+    lean, stock = build(tokenizer, True, 0.0).eval(), build(tokenizer, False, 0.0).eval()
+    calls = []
+    original = LeanDoraLinearLayer.get_weight_norm
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LeanDoraLinearLayer, "get_weight_norm", counting)
+    n_layers = sum(isinstance(m, LeanDoraLinearLayer) for m in lean.modules())
+
+    def logits(model):
+        with torch.no_grad():
+            return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+
+    first = logits(lean)
+    assert len(calls) == n_layers
+    torch.testing.assert_close(logits(lean), first, rtol=0, atol=0)
+    assert len(calls) == n_layers  # the second pass computed no norm
+    with torch.no_grad():  # an in-place change (an optimizer step, load_state_dict) invalidates the cache
+        for model in (lean, stock):
+            for name, p in model.named_parameters():
+                if "lora_B" in name or "lora_magnitude_vector" in name:
+                    p.mul_(1.5)
+    changed = logits(lean)
+    assert len(calls) == 2 * n_layers and not torch.allclose(changed, first)
+    torch.testing.assert_close(changed, logits(stock), rtol=1e-5, atol=1e-5)
+    lean.load_state_dict(stock.state_dict())
+    torch.testing.assert_close(logits(lean), logits(stock), rtol=1e-5, atol=1e-5)
+    assert len(calls) == 3 * n_layers  # load_state_dict copies in place: recomputed (same values here)
