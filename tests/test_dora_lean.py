@@ -110,7 +110,7 @@ def test_export_and_merge_unchanged(tokenizer, tmp_path):
     torch.testing.assert_close(out, live, rtol=1e-4, atol=1e-4)
 
 
-def test_scale_is_cached_without_autograd_until_a_weight_changes(tokenizer, monkeypatch):
+def test_scale_is_cached_in_eval_without_autograd_until_a_weight_changes(tokenizer, monkeypatch):
     b = batch(tokenizer)
     lean, stock = build(tokenizer, True, 0.0).eval(), build(tokenizer, False, 0.0).eval()
     calls = []
@@ -142,3 +142,11 @@ def test_scale_is_cached_without_autograd_until_a_weight_changes(tokenizer, monk
     lean.load_state_dict(stock.state_dict())
     torch.testing.assert_close(logits(lean), logits(stock), rtol=1e-5, atol=1e-5)
     assert len(calls) == 3 * n_layers  # load_state_dict copies in place: recomputed (same values here)
+    lean.train().eval()  # back to training clears it (sharding engines swap storage without a version bump)
+    logits(lean)
+    assert len(calls) == 4 * n_layers
+    lean.train()
+    with torch.no_grad():  # train mode under no_grad (e.g. a reference pass) never caches
+        lean(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        lean(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+    assert len(calls) == 6 * n_layers

@@ -9,7 +9,7 @@ peft writes this as ``W x + (g - 1) * W x' + g * s * B A x'``: two products, for
 both ``W x'`` and ``B A x'`` (two ``tokens x out`` tensors per layer), and five elementwise passes
 over the output. The magnitude's gradient needs only the sum ``W x' + s * B A x'``, so
 :class:`_DoraScale` keeps that one tensor; without dropout the layer output is that function alone.
-Without autograd, ``g`` is cached until its weights change (generation with an unmerged adapter).
+In eval mode without autograd, ``g`` is cached until its weights change (generation with an unmerged adapter).
 
 Under bf16 autocast the sum is held in the activation dtype (bf16), as peft holds its two terms:
 one more rounding before the fp32 scale, of the size of the output's own cast back to bf16.
@@ -65,11 +65,13 @@ class LeanDoraLinearLayer(DoraLinearLayer):
     def scale(self, *, lora_A, lora_B, scaling, base_layer, dtype, adapter_name="default") -> torch.Tensor:
         """``g = m / ||W + s B A||_c`` as a ``(1, out)`` row; gradient flows to ``m`` only.
 
-        Without autograd (evaluation, generation) ``g`` is kept until one of the tensors it comes from
-        is replaced, moved or changed in place (identity, storage, version counter): an unmerged DoRA adapter then decodes
-        without recomputing a weight-sized norm per layer and token.
+        In eval mode without autograd (validation, generation) ``g`` is kept until the module goes back
+        to train mode, or one of the tensors it comes from is replaced, moved or changed in place
+        (identity, storage, version counter): an unmerged DoRA adapter then decodes without
+        recomputing a weight-sized norm per layer and token. (Train mode clears it because sharding
+        engines swap parameter storage without bumping version counters.)
         """
-        cacheable = not torch.is_grad_enabled()
+        cacheable = not self.training and not torch.is_grad_enabled()
         if cacheable:
             sources = (self.weight, lora_A.weight, lora_B.weight, base_layer.weight)
             key = (adapter_name, dtype, scaling, *((id(t), t.data_ptr(), t._version) for t in sources))
@@ -85,6 +87,11 @@ class LeanDoraLinearLayer(DoraLinearLayer):
         if cacheable:
             self._scale_cache = (key, g)
         return g
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._scale_cache = None
+        return super().train(mode)
 
     def forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None, adapter_name="default"):
         """peft's contract: the amount to add to the base layer's output."""
