@@ -97,8 +97,8 @@ class LeanDoraLinearLayer(DoraLinearLayer):
         """peft's contract: the amount to add to the base layer's output."""
         g = self.scale(lora_A=lora_A, lora_B=lora_B, scaling=scaling, base_layer=base_layer, dtype=x.dtype,
                        adapter_name=adapter_name)
-        weight = dequantize_module_weight(base_layer).to(x.dtype)
-        if base_result is None:
+        if base_result is None:  # dropout: the base projection of the dropped-out input
+            weight = dequantize_module_weight(base_layer).to(x.dtype)
             base_result = F.linear(x, transpose(weight, self.fan_in_fan_out))
         elif base_layer.bias is not None:
             base_result = base_result - base_layer.bias

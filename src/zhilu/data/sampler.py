@@ -21,27 +21,26 @@ class ReplayableRandomSampler(RandomSampler):
     def __init__(self, data_source, generator: torch.Generator) -> None:
         super().__init__(data_source, generator=generator)
         self.epoch_state: torch.Tensor | None = None  # generator state this epoch's permutation came from
-        self._replay: tuple[torch.Tensor, int, bool] | None = None
+        self._replay: dict | None = None
 
     def state(self, samples_done: int, epoch_complete: bool) -> dict:
-        return {"epoch_state": self.epoch_state, "state": self.generator.get_state(),
-                "samples_done": samples_done, "epoch_complete": epoch_complete}
+        """A complete epoch resumes with the next one, from the generator as it is now; a partial one
+        replays its own permutation (drawn from ``epoch_state``) past the samples already trained."""
+        return {"generator_state": self.generator.get_state() if epoch_complete else self.epoch_state,
+                "samples_done": 0 if epoch_complete else samples_done, "epoch_complete": epoch_complete}
 
     def replay(self, state: dict) -> None:
-        """Make the next pass continue the checkpointed one (its rest, or the next epoch when it was complete)."""
-        if state["epoch_complete"]:
-            self._replay = (state["state"], 0, True)
-        elif state["epoch_state"] is not None:
-            self._replay = (state["epoch_state"], state["samples_done"], False)
+        """Make the next pass continue the checkpointed one."""
+        self._replay = state
 
     def __iter__(self):
+        state, self._replay = self._replay, None
         skip = 0
-        if self._replay is not None:
-            gen_state, skip, new_epoch = self._replay
-            self._replay = None
-            self.generator.set_state(gen_state)
-            if new_epoch:  # the draw the loader's iterator makes from the shared generator at every epoch
+        if state is not None and state["generator_state"] is not None:
+            self.generator.set_state(state["generator_state"])
+            if state["epoch_complete"]:  # the draw the loader's iterator makes from the shared generator
                 torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+            skip = state["samples_done"]
         self.epoch_state = self.generator.get_state()
         it = super().__iter__()
         for _ in range(skip):
