@@ -33,9 +33,16 @@ ADAPTERS = {
 }
 
 
-def run_one(args) -> dict:
+def make_adapter(name: str):
+    """The adapter object for a row of :data:`ADAPTERS`."""
     import importlib
 
+    path, kwargs = ADAPTERS[name]
+    mod, cls = path.rsplit(".", 1)
+    return getattr(importlib.import_module(mod), cls)(**kwargs)
+
+
+def run_one(args) -> dict:
     import torch
 
     from bench.common import median, model_config, timed
@@ -46,8 +53,7 @@ def run_one(args) -> dict:
     from zhilu.utils.memory import peak_memory_mb
 
     torch.manual_seed(0)
-    mod, cls = ADAPTERS[args.one][0].rsplit(".", 1)
-    adapter = getattr(importlib.import_module(mod), cls)(**ADAPTERS[args.one][1])
+    adapter = make_adapter(args.one)
     dtype = {"fp32": "float32", "bf16": "bfloat16"}[args.dtype]
     builder = ModelBuilder(config=model_config(args.size), dtype=dtype, attn_implementation=args.attn,
                            gradient_checkpointing=args.grad_ckpt)

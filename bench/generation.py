@@ -18,47 +18,35 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ADAPTERS = {
-    "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-    "dora": {"r": 16, "alpha": 32, "dropout": 0.0, "use_dora": True},
-    "dora_peft": {"r": 16, "alpha": 32, "dropout": 0.0, "use_dora": True, "lean_dora": False},
-}
-
 
 def main() -> None:
+    from bench.adapters import ADAPTERS, make_adapter
     from bench.common import model_config
-    from zhilu.adapters import LoRA
     from zhilu.model import ModelBuilder
-    from zhilu.train.gen_speed import GenerationSpeed, merged_copy
+    from zhilu.train.gen_speed import GenerationSpeed
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--adapters", default="lora,dora,dora_peft")
+    p.add_argument("--adapters", default="lora,dora,dora_peft", help=f"comma list of {', '.join(ADAPTERS)}")
     p.add_argument("--size", default="tiny", choices=["tiny", "small", "1b"])
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
-    speed = GenerationSpeed(max_new_tokens=args.new_tokens, warmup=1)
-    print(f"| adapter | unmerged tok/s | merged tok/s | unmerged / merged |\n|---|---:|---:|---:|")
+    speed = GenerationSpeed(max_new_tokens=args.new_tokens, warmup=1, repeats=args.repeats)
+    print("| adapter | unmerged tok/s | merged tok/s | unmerged / merged |\n|---|---:|---:|---:|")
     for name in args.adapters.split(","):
         torch.manual_seed(0)
         builder = ModelBuilder(config=model_config(args.size), seed=0)
         tok = builder.load_tokenizer()
-        adapter = LoRA(**ADAPTERS[name])
+        adapter = make_adapter(name)
         model = adapter.apply(builder.build(tok))
         with torch.no_grad():  # B = 0 at init: make the adapter do something
             for n, prm in model.named_parameters():
                 if "lora_B" in n:
                     prm.normal_(0, 0.02)
-        models = {"unmerged": model, "merged": merged_copy(adapter, model)}
-        prompts = speed.prompt_ids(tok)
-        best: dict[str, float] = {}
-        for i in range(args.repeats):
-            order = list(models.items())
-            for key, m in order if i % 2 == 0 else order[::-1]:
-                tps, _ = speed.time_generate(m, prompts, tok.pad_token_id)
-                best[key] = max(best.get(key, 0.0), tps)
-        print(f"| {name} | {best['unmerged']:.1f} | {best['merged']:.1f} | {best['unmerged'] / best['merged']:.2f}x |")
+        r = speed.measure_model(adapter, model, tok)
+        print(f"| {name} | {r['gen_tokens_per_s_unmerged']:.1f} | {r['gen_tokens_per_s_merged']:.1f} | "
+              f"{r['gen_speedup_merged'] ** -1:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -95,11 +95,15 @@ class GenerationSpeed(L.Callback):
 
     def measure(self, pl_module) -> dict[str, Any]:
         """Time the live model and its merged copy; return the ``gen_*`` figures."""
-        prompts = self.prompt_ids(pl_module.tokenizer)
-        pad_id = pl_module.tokenizer.pad_token_id
-        models = {"unmerged": pl_module.model}
+        return self.measure_model(pl_module.adapter, pl_module.model, pl_module.tokenizer)
+
+    def measure_model(self, adapter, model: nn.Module, tokenizer) -> dict[str, Any]:
+        """:meth:`measure` for a model with its adapter applied (also used by bench/generation.py)."""
+        prompts = self.prompt_ids(tokenizer)
+        pad_id = tokenizer.pad_token_id
+        models = {"unmerged": model}
         if self.merged:
-            models["merged"] = merged_copy(pl_module.adapter, pl_module.model)
+            models["merged"] = merged_copy(adapter, model)
         best: dict[str, float] = {}
         tokens: dict[str, list] = {}
         try:
