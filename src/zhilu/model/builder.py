@@ -162,6 +162,10 @@ class ModelBuilder:
                     f"model.path={self.path}: cannot load weights from {folder} ({str(exc).splitlines()[0]})"
                 ) from None
             log.info("loaded %s from %s (%s, %s)", type(model).__name__, folder, dtype, attn)
+            # from_pretrained returns the model in eval mode; a model built from a config is in training
+            # mode. Eval mode would silently switch off dropout and gradient checkpointing (transformers
+            # checkpoints a layer only while it trains), so both builds return a training-mode model.
+            model.train()
         else:
             fields = dict(self.config)
             if fields.get("vocab_size") is None:

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 from zhilu.adapters.base import Adapter, count_parameters
 from zhilu.objectives.base import Objective
@@ -49,6 +50,7 @@ class ZhiluModule(L.LightningModule):
         self.model = None
         self.strict_loading = False  # adapters checkpoint only what trains
         self._built_counts: tuple[int, int] | None = None
+        self._modes: dict[str, bool] = {}  # each module's mode before a validation outside fit
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -79,8 +81,26 @@ class ZhiluModule(L.LightningModule):
             return self._built_counts
         return count_parameters(self.model)
 
+    # ------------------------------------------------------------ train/eval mode
+    # Lightning never switches a model to training mode: it only warns when fit starts with modules in
+    # eval mode, and after validation it restores each submodule's mode as it found it. A model loaded
+    # with from_pretrained starts in eval mode, where dropout (LoRA's included) is off and transformers
+    # skips gradient checkpointing. So while fitting, the whole wrapped model (DDP, FSDP or DeepSpeed
+    # wrappers and every submodule) is put in training mode at fit start and after every validation.
+    def on_validation_model_eval(self) -> None:
+        self._modes = {name: m.training for name, m in self.trainer.model.named_modules()}
+        self.trainer.model.eval()
+
+    def on_validation_model_train(self) -> None:
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self.trainer.model.train()
+            return
+        for name, m in self.trainer.model.named_modules():  # trainer.validate() alone: every module as it was
+            m.training = self._modes.get(name, m.training)
+
     # -------------------------------------------------------------- training
     def on_fit_start(self) -> None:
+        self.trainer.model.train()
         trainable, total = self.param_counts
         for lg in self.loggers:
             lg.log_hyperparams({"params/trainable": trainable, "params/total": total})
