@@ -70,3 +70,46 @@ def test_labels_cover_every_assistant_turn_and_its_eot(tokenizer):
         assert labels[s:e] == ids[s:e]
     # everything before the first answer (BOS, system, user, headers) is masked
     assert tokenizer.decode(ids[: spans[0][0]]) == render(messages[:2], add_generation_prompt=True)
+
+
+# Meta's template, copied by hand from Meta-Llama-3-8B-Instruct's tokenizer_config.json ("chat_template")
+META_LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
+    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def test_shipped_template_is_metas_string_byte_for_byte(tokenizer):
+    from zhilu.model.builder import shipped_tokenizer_dir
+    from zhilu.model.chat_template import LLAMA3_CHAT_TEMPLATE
+
+    assert LLAMA3_CHAT_TEMPLATE == META_LLAMA3_TEMPLATE
+    assert (shipped_tokenizer_dir() / "chat_template.jinja").read_bytes() == META_LLAMA3_TEMPLATE.encode()
+    assert tokenizer.chat_template == META_LLAMA3_TEMPLATE
+
+
+def test_every_export_carries_metas_template_even_from_an_older_tokenizer(tokenizer, tmp_path):
+    """A tokenizer saved with the template this project wrote before (one space more) is loaded with
+    Meta's string, and the exports (adapter, merged and the export dir itself) write Meta's bytes."""
+    from tests.conftest import TINY
+    from zhilu.adapters.lora import LoRA
+    from zhilu.model import ModelBuilder
+    from zhilu.model.chat_template import PREVIOUS_TEMPLATES
+
+    old = tmp_path / "old_tokenizer"
+    tokenizer.chat_template = PREVIOUS_TEMPLATES[0]
+    try:
+        tokenizer.save_pretrained(old)
+    finally:
+        tokenizer.chat_template = META_LLAMA3_TEMPLATE
+    assert (old / "chat_template.jinja").read_text() == META_LLAMA3_TEMPLATE.replace("\n\n'+ m", "\n\n' + m")
+    builder = ModelBuilder(config=TINY, tokenizer_path=str(old))
+    tok = builder.load_tokenizer()
+    assert tok.chat_template == META_LLAMA3_TEMPLATE
+    model = LoRA(r=2).apply(builder.build(tok, device_type="cpu"))
+    LoRA(r=2).export(model, tok, tmp_path / "export")
+    for folder in ("export", "export/merged", "export/adapter"):
+        assert (tmp_path / folder / "chat_template.jinja").read_bytes() == META_LLAMA3_TEMPLATE.encode(), folder

@@ -18,6 +18,7 @@ import torch
 
 from zhilu.errors import ConfigError, ModelPathError
 from zhilu.model import attention as _attention  # registers attn_implementation="sdpa_varlen"
+from zhilu.model.chat_template import meta_template
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,8 @@ class ModelBuilder:
 
 
 def prepare_tokenizer(tok):
-    """Llama-3 has no pad token: pad with ``<|finetune_right_pad_id|>`` if present, else EOS.
+    """Llama-3 has no pad token: pad with ``<|finetune_right_pad_id|>`` if present, else EOS. The chat
+    template an earlier version of this project wrote becomes Meta's exact string.
 
     Padding positions never carry labels and are masked out of attention, so the choice only
     matters for the tensors' contents.
@@ -206,6 +208,7 @@ def prepare_tokenizer(tok):
         else:
             tok.pad_token = tok.eos_token
     tok.padding_side = "right"
+    tok.chat_template = meta_template(tok.chat_template)  # an earlier export's variant -> Meta's bytes
     return tok
 
 

@@ -22,18 +22,29 @@ ROLES = ("system", "user", "assistant")
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. 你是一个乐于助人的助手。"
 
-# The same format as a Jinja template, stored in tokenizer_config.json for `apply_chat_template`.
+# The same format as a Jinja template, stored with the tokenizer for `apply_chat_template`: Meta's own
+# string, byte for byte as in Meta-Llama-3-8B-Instruct's tokenizer_config.json (note "\n\n'+ message",
+# no space before the +). Tools recognise templates by their exact text (TRL swaps this one for its
+# assistant-mask training variant), so no reformatting, even one that renders the same.
 LLAMA3_CHAT_TEMPLATE = (
     "{% set loop_messages = messages %}"
     "{% for message in loop_messages %}"
     "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    " + message['content'] | trim + '<|eot_id|>' %}"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
     "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
     "{{ content }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
 
+# What earlier versions of this project shipped and exported (one space more before the +): it renders
+# the same, and a tokenizer loaded with it gets Meta's string instead (so every export carries Meta's).
+PREVIOUS_TEMPLATES = (LLAMA3_CHAT_TEMPLATE.replace("\n\n'+ message", "\n\n' + message"),)
+
+
+def meta_template(template: str | None) -> str | None:
+    """Meta's Llama-3 template for a template this project wrote earlier; any other template as it is."""
+    return LLAMA3_CHAT_TEMPLATE if template in PREVIOUS_TEMPLATES else template
 
 def header(role: str) -> str:
     return f"{START_HEADER}{role}{END_HEADER}\n\n"
