@@ -58,6 +58,25 @@ class PackedDataset(Dataset):
         return [self.examples[j] for j in self.rows[i]]
 
 
+def overlong_warning(split: str, stats: dict, max_length: int, overlong: str) -> str | None:
+    """One line: how many ``split`` rows ``data.overlong`` truncated or dropped, the tokens that cost, and
+    which setting keeps them (``None`` when every row fitted)."""
+    truncated, dropped = stats.get(f"{split}/truncated", 0), stats.get(f"{split}/dropped_overlong", 0)
+    if not truncated and not dropped:
+        return None
+    parts = []
+    if truncated:
+        parts.append(f"{truncated} rows truncated ({stats[f'{split}/truncated_tokens_lost']:,} tokens cut)")
+    if dropped:
+        parts.append(f"{dropped} rows dropped ({stats[f'{split}/dropped_tokens_lost']:,} tokens)")
+    keep = "a larger data.max_length keeps them whole"
+    if overlong != "truncate_prompt":
+        keep = "data.overlong=truncate_prompt keeps every answer whole (it cuts the oldest prompt turns), " + keep
+    return (f"{split} data: {' and '.join(parts)} as longer than data.max_length={max_length} "
+            f"(data.overlong={overlong}); {stats[f'{split}/label_tokens_lost']:,} trainable (answer) tokens "
+            f"lost; {keep}")
+
+
 class ChatDataModule(L.LightningDataModule):
     """Reads, validates, encodes and batches chat (SFT) or preference data.
 
@@ -65,7 +84,10 @@ class ChatDataModule(L.LightningDataModule):
         kind: ``sft`` or ``preference``; must match the objective's ``data_kind``.
         train_files / val_files: paths, or ``{path, format}`` mappings to mix formats.
         format: default reader for plain paths (``chat``, ``alpaca``, ``sharegpt``, ``preference``).
-        max_length: token budget of one sequence; ``overlong`` says what happens past it.
+        max_length: token budget of one sequence; ``overlong`` says what happens past it: ``truncate``
+            (cut the end), ``truncate_prompt`` (keep the answer, cut the prompt's oldest turns), ``drop``
+            or ``error`` (:func:`zhilu.data.encode.fit_example`). Rows and tokens lost are counted in
+            ``stats`` (``metrics.json`` -> ``data``) and logged in one warning.
         on_error: ``raise`` (stop at the first malformed row, naming file and line) or ``skip``.
         packing: pack whole examples into rows of ``pack_length`` tokens (default ``max_length``
             for SFT, ``2 * max_length`` for preference pairs, whose two answers share a row).
@@ -164,13 +186,11 @@ class ChatDataModule(L.LightningDataModule):
             raise ConfigError("ChatDataModule needs a tokenizer (train.py passes the model's)")
         enc = ChatEncoder(self.tokenizer, self.max_length, self.overlong)
         train = self.read(self.train_files, enc, "train")
-        self.stats["train/truncated"] = enc.stats["truncated"]
-        self.stats["train/dropped_overlong"] = enc.stats["dropped_overlong"]
+        self.stats.update({f"train/{k}": v for k, v in enc.stats.items()})
         if self.val_files:
             enc_val = ChatEncoder(self.tokenizer, self.max_length, self.overlong)
             val = self.read(self.val_files, enc_val, "val")
-            self.stats["val/truncated"] = enc_val.stats["truncated"]
-            self.stats["val/dropped_overlong"] = enc_val.stats["dropped_overlong"]
+            self.stats.update({f"val/{k}": v for k, v in enc_val.stats.items()})
         elif self.val_fraction > 0:
             g = torch.Generator().manual_seed(self.seed)
             perm = torch.randperm(len(train), generator=g).tolist()
@@ -192,9 +212,12 @@ class ChatDataModule(L.LightningDataModule):
         self.stats["train/examples"] = len(train)
         self.stats["val/examples"] = len(val)
         self.stats["train/tokens"] = sum(ex.total_length for ex in train)
-        for key in ("truncated", "dropped_overlong", "skipped_rows"):
-            if self.stats.get(f"train/{key}"):
-                log.warning("train data: %d rows %s", self.stats[f"train/{key}"], key.replace("_", " "))
+        for split in ("train", "val"):
+            message = overlong_warning(split, self.stats, self.max_length, self.overlong)
+            if message:
+                log.warning(message)
+        if self.stats.get("train/skipped_rows"):
+            log.warning("train data: %d rows skipped", self.stats["train/skipped_rows"])
         if self.packing:
             self.train_set = PackedDataset(train, self.pack_length, self.seed)
             self.stats.update({f"packing/{k}": v for k, v in self.train_set.stats.as_dict().items()})

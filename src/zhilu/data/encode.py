@@ -4,6 +4,11 @@ Each message is tokenized on its own and the pieces joined, so every token's rol
 the join equals tokenizing the whole rendered Llama-3 string (tested), because the special
 tokens separate the pieces. Labels: every assistant turn's content and its ``<|eot_id|>``;
 BOS, headers, system and user tokens get ``-100``.
+
+Past ``data.max_length`` a policy applies (:func:`fit_example`, a pure function of one
+:class:`Encoded` example, so any reader or store can call it): ``truncate`` cuts the end,
+``truncate_prompt`` keeps every answer whole and cuts the prompt (oldest turns first), ``drop``
+and ``error``; its :class:`Fitted` result carries the tokens it cost.
 """
 
 from __future__ import annotations
@@ -15,7 +20,134 @@ from zhilu.errors import ConfigError
 from zhilu.model.chat_template import BOS, END_HEADER, EOT, START_HEADER
 
 IGNORE_INDEX = -100
-OVERLONG_POLICIES = ("truncate", "drop", "error")
+OVERLONG_POLICIES = ("truncate", "truncate_prompt", "drop", "error")
+
+
+@dataclass
+class Turn:
+    """One message's tokens: its header (``head`` tokens) then its content and ``<|eot_id|>``."""
+
+    role: str
+    ids: list[int]
+    labels: list[int]
+    head: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class Encoded:
+    """One example before the length policy: ``BOS + context`` then one answer per sequence.
+
+    SFT: one answer, the last assistant turn (with any turns after it); ``context`` is every turn
+    before it, oldest first. Preference pair: two answers (chosen, rejected, each with the assistant
+    header) after the same prompt turns.
+    """
+
+    bos: list[int]
+    context: list[Turn]
+    answers: list[Turn]
+
+    def sequences(self) -> list[tuple[list[int], list[int]]]:
+        ids = list(self.bos)
+        labels = [IGNORE_INDEX] * len(self.bos)
+        for t in self.context:
+            ids += t.ids
+            labels += t.labels
+        return [(ids + a.ids, labels + a.labels) for a in self.answers]
+
+
+@dataclass
+class Fitted:
+    """What a length policy made of one :class:`Encoded` example.
+
+    ``example`` is ``None`` when the example was dropped. ``tokens_lost`` and ``label_tokens_lost`` count,
+    over its sequences, the tokens (and the trainable ones among them) that were cut or dropped.
+    """
+
+    example: Example | None
+    status: str  # "kept" (fits as it is), "truncated" or "dropped"
+    tokens_lost: int = 0
+    label_tokens_lost: int = 0
+
+
+def _labelled(labels: Sequence[int]) -> int:
+    return sum(1 for x in labels if x != IGNORE_INDEX)
+
+
+def _cut_prompt(enc: Encoded, max_length: int) -> tuple[list[Turn], bool] | None:
+    """The newest context turns that fit next to the longest answer (whole turns, starting at a non-assistant
+    turn), or, when not even the newest turn fits, that turn with the start of its content cut. ``None``
+    when the answer alone does not fit."""
+    budget = max_length - len(enc.bos) - max(len(a) for a in enc.answers)
+    if budget < 0:
+        return None
+    kept: list[Turn] = []
+    used = 0
+    for turn in reversed(enc.context):
+        if used + len(turn) > budget:
+            break
+        kept.insert(0, turn)
+        used += len(turn)
+    if len(kept) == len(enc.context):
+        return kept, False
+    if not kept:  # the newest prompt turn alone is too long: keep its header and the end of its content
+        turn = enc.context[-1]
+        room = budget - turn.head
+        if room < 1:
+            return [], True
+        body = slice(len(turn) - room, len(turn))
+        return [Turn(turn.role, turn.ids[: turn.head] + turn.ids[body], turn.labels[: turn.head] + turn.labels[body],
+                     turn.head)], True
+    while kept and kept[0].role == "assistant":
+        kept.pop(0)  # a dialogue cut before an answer starts at the question, not at the answer
+    return kept, True
+
+
+def fit_example(enc: Encoded, max_length: int, overlong: str, what: str = "sample") -> Fitted:
+    """Apply the ``data.overlong`` policy to one encoded example (a pure function of it).
+
+    - ``truncate``: cut every sequence's end at ``max_length`` (dropped when no label is left, or when a
+      pair's prompt alone fills ``max_length``);
+    - ``truncate_prompt``: keep every answer whole and cut the prompt instead: the oldest turns go first
+      (the system prompt is the oldest), whole; a cut never leaves a dialogue starting with an assistant
+      turn; when even the newest prompt turn does not fit, the start of its content is cut (its header
+      stays). Both answers of a pair keep the same prompt. Dropped when an answer alone does not fit;
+    - ``drop``: drop the example; ``error``: raise :class:`ConfigError` naming it.
+
+    Nothing kept is masked: every kept token keeps the label it had. The counts in the result say how
+    many tokens (and labelled tokens) the policy cost.
+    """
+    seqs = enc.sequences()
+    total = sum(len(ids) for ids, _ in seqs)
+    labelled = sum(_labelled(lab) for _, lab in seqs)
+    if all(len(ids) <= max_length for ids, _ in seqs):
+        return Fitted(Example([i for i, _ in seqs], [lab for _, lab in seqs]), "kept")
+    if overlong == "error":
+        longest = max(len(ids) for ids, _ in seqs)
+        raise ConfigError(f"{what}: {longest} tokens > data.max_length={max_length} "
+                          "(set data.overlong=truncate_prompt, truncate or drop)")
+    dropped = Fitted(None, "dropped", total, labelled)
+    if overlong == "drop":
+        return dropped
+    if overlong == "truncate":
+        prompt = len(enc.bos) + sum(len(t) for t in enc.context) + enc.answers[0].head
+        if len(seqs) > 1 and prompt >= max_length:  # a pair's prompt (with the answer header) fills it
+            return dropped
+        cut = [(ids[:max_length], lab[:max_length]) for ids, lab in seqs]
+        kept_labels = sum(_labelled(lab) for _, lab in cut)
+        if not kept_labels:  # nothing left to learn from
+            return dropped
+    else:
+        fitted = _cut_prompt(enc, max_length)
+        if fitted is None:
+            return dropped
+        cut = Encoded(enc.bos, fitted[0], enc.answers).sequences()
+        kept_labels = sum(_labelled(lab) for _, lab in cut)
+    kept = sum(len(ids) for ids, _ in cut)
+    return Fitted(Example([i for i, _ in cut], [lab for _, lab in cut]), "truncated", total - kept,
+                  labelled - kept_labels)
 
 
 @dataclass
@@ -50,7 +182,7 @@ class ChatEncoder:
             raise ConfigError(f"tokenizer lacks the Llama-3 special tokens {missing}")
         self.bos, self.start, self.end, self.eot = (vocab[t] for t in (BOS, START_HEADER, END_HEADER, EOT))
         self._headers: dict[str, list[int]] = {}
-        self.stats = {"truncated": 0, "dropped_overlong": 0}
+        self.stats = dict.fromkeys(STAT_KEYS, 0)
 
     def text(self, s: str) -> list[int]:
         return self.tok.encode(s, add_special_tokens=False) if s else []
@@ -60,14 +192,18 @@ class ChatEncoder:
             self._headers[role] = [self.start, *self.text(role), self.end, *self.text("\n\n")]
         return self._headers[role]
 
+    def turn(self, role: str, content: str, header: bool = True) -> Turn:
+        head = self.header(role) if header else []
+        body = [*self.text(content.strip()), self.eot]
+        return Turn(role, head + body, [IGNORE_INDEX] * len(head) + (body if role == "assistant" else
+                                                                    [IGNORE_INDEX] * len(body)), len(head))
+
     def dialogue(self, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
         ids, labels = [self.bos], [IGNORE_INDEX]
         for m in messages:
-            head = self.header(m["role"])
-            body = [*self.text(m["content"].strip()), self.eot]
-            ids += head + body
-            labels += [IGNORE_INDEX] * len(head)
-            labels += body if m["role"] == "assistant" else [IGNORE_INDEX] * len(body)
+            t = self.turn(m["role"], m["content"])
+            ids += t.ids
+            labels += t.labels
         return ids, labels
 
     def prompt(self, messages: Sequence[dict]) -> list[int]:
@@ -75,47 +211,45 @@ class ChatEncoder:
         ids, _ = self.dialogue(messages)
         return ids + self.header("assistant")
 
+    # ------------------------------------------------------------------ encoding before the length policy
+    def encode_sft(self, messages: Sequence[dict]) -> Encoded:
+        turns = [self.turn(m["role"], m["content"]) for m in messages]
+        last = max((i for i, t in enumerate(turns) if t.role == "assistant"), default=len(turns) - 1)
+        tail = turns[last:]  # the answer, with any (unlabelled) turns after it
+        answer = Turn(tail[0].role, [x for t in tail for x in t.ids], [x for t in tail for x in t.labels], tail[0].head)
+        return Encoded([self.bos], turns[:last], [answer])
+
+    def encode_pair(self, prompt: Sequence[dict], chosen: str, rejected: str) -> Encoded:
+        context = [self.turn(m["role"], m["content"]) for m in prompt]
+        for t in context:  # a pair trains on its two answers only, not on earlier turns of the prompt
+            t.labels = [IGNORE_INDEX] * len(t.labels)
+        return Encoded([self.bos], context, [self.turn("assistant", a) for a in (chosen, rejected)])
+
     # ------------------------------------------------------------------ length policy
-    def _fit(self, ids: list[int], labels: list[int], what: str) -> tuple[list[int], list[int]] | None:
-        if len(ids) <= self.max_length:
-            return ids, labels
-        if self.overlong == "error":
-            raise ConfigError(
-                f"{what}: {len(ids)} tokens > data.max_length={self.max_length} "
-                "(set data.overlong=truncate or drop)"
-            )
-        if self.overlong == "drop":
-            self.stats["dropped_overlong"] += 1
-            return None
-        ids, labels = ids[: self.max_length], labels[: self.max_length]
-        if all(x == IGNORE_INDEX for x in labels):  # nothing left to learn from
-            self.stats["dropped_overlong"] += 1
-            return None
-        self.stats["truncated"] += 1
-        return ids, labels
+    def fit(self, enc: Encoded, what: str) -> Example | None:
+        """:func:`fit_example` with this encoder's policy; its counts are added to ``stats``."""
+        fitted = fit_example(enc, self.max_length, self.overlong, what)
+        add_stats(self.stats, fitted)
+        return fitted.example
 
     def sft(self, messages: Sequence[dict], what: str = "sample") -> Example | None:
-        fitted = self._fit(*self.dialogue(messages), what)
-        if fitted is None:
-            return None
-        return Example([fitted[0]], [fitted[1]])
+        return self.fit(self.encode_sft(messages), what)
 
     def pair(self, prompt: Sequence[dict], chosen: str, rejected: str, what: str = "pair") -> Example | None:
-        p = self.prompt(prompt)
-        seqs = []
-        for answer in (chosen, rejected):
-            a = [*self.text(answer.strip()), self.eot]
-            seqs.append((p + a, [IGNORE_INDEX] * len(p) + a))
-        if any(len(ids) > self.max_length for ids, _ in seqs):
-            if self.overlong == "error":
-                longest = max(len(ids) for ids, _ in seqs)
-                raise ConfigError(
-                    f"{what}: {longest} tokens > data.max_length={self.max_length} "
-                    "(set data.overlong=truncate or drop)"
-                )
-            if self.overlong == "drop" or len(p) >= self.max_length:
-                self.stats["dropped_overlong"] += 1
-                return None
-            self.stats["truncated"] += 1
-            seqs = [(ids[: self.max_length], lab[: self.max_length]) for ids, lab in seqs]
-        return Example([s[0] for s in seqs], [s[1] for s in seqs])
+        return self.fit(self.encode_pair(prompt, chosen, rejected), what)
+
+
+#: counts kept per split: rows truncated / dropped by ``data.overlong``, the tokens that cost, and how many
+#: of them were trainable (labelled)
+STAT_KEYS = ("truncated", "dropped_overlong", "truncated_tokens_lost", "dropped_tokens_lost", "label_tokens_lost")
+
+
+def add_stats(stats: dict, fitted: Fitted) -> None:
+    """Add one :class:`Fitted` result to the counts ``stats`` (keys :data:`STAT_KEYS`)."""
+    if fitted.status == "truncated":
+        stats["truncated"] += 1
+        stats["truncated_tokens_lost"] += fitted.tokens_lost
+    elif fitted.status == "dropped":
+        stats["dropped_overlong"] += 1
+        stats["dropped_tokens_lost"] += fitted.tokens_lost
+    stats["label_tokens_lost"] += fitted.label_tokens_lost
