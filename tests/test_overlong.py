@@ -66,8 +66,15 @@ def test_truncate_prompt_cuts_the_start_of_a_question_too_long_alone(tokenizer):
     assert labelled(labels[: -len(answer)]) == 0
 
 
-def test_answer_too_long_alone_is_dropped_and_counted(tokenizer):
+def test_an_answer_too_long_alone_is_cut_at_its_end_as_truncate_does(tokenizer):
     enc = ChatEncoder(tokenizer)
+    ids, labels = enc.dialogue([Q2, A1])
+    max_length = len(ids) - 20  # A1 alone (with BOS) is longer than this
+    assert 1 + len(enc.turn("assistant", A1["content"])) > max_length
+    fitted = fit_example(enc.encode_sft([Q2, A1]), max_length, "truncate_prompt")
+    assert fitted.example.input_ids == [ids[:max_length]] and fitted.example.labels == [labels[:max_length]]
+    assert (fitted.status, fitted.tokens_lost, fitted.label_tokens_lost) == ("truncated", 20, 20)
+    # with no label left in the first max_length tokens, the row is dropped, every token counted
     ids, labels = enc.dialogue(DIALOGUE)
     fitted = fit_example(enc.encode_sft(DIALOGUE), 12, "truncate_prompt")
     assert fitted.example is None and fitted.status == "dropped"

@@ -113,7 +113,8 @@ def fit_example(enc: Encoded, max_length: int, overlong: str, what: str = "sampl
     - ``truncate_prompt``: keep every answer whole and cut the prompt instead: the oldest turns go first
       (the system prompt is the oldest), whole; a cut never leaves a dialogue starting with an assistant
       turn; when even the newest prompt turn does not fit, the start of its content is cut (its header
-      stays). Both answers of a pair keep the same prompt. Dropped when an answer alone does not fit;
+      stays). Both answers of a pair keep the same prompt. When an answer alone does not fit, as
+      ``truncate`` (the answer's start still trains);
     - ``drop``: drop the example; ``error``: raise :class:`ConfigError` naming it.
 
     Nothing kept is masked: every kept token keeps the label it had. The counts in the result say how
@@ -141,8 +142,8 @@ def fit_example(enc: Encoded, max_length: int, overlong: str, what: str = "sampl
             return dropped
     else:
         fitted = _cut_prompt(enc, max_length)
-        if fitted is None:
-            return dropped
+        if fitted is None:  # an answer alone is too long: its start still trains, as under truncate
+            return fit_example(enc, max_length, "truncate", what)
         cut = Encoded(enc.bos, fitted[0], enc.answers).sequences()
         kept_labels = sum(_labelled(lab) for _, lab in cut)
     kept = sum(len(ids) for ids, _ in cut)
