@@ -1,4 +1,11 @@
-"""Learning-rate schedules as LambdaLR multipliers (per-group base lrs are kept, e.g. LoRA+)."""
+"""Learning-rate schedules as LambdaLR multipliers (per-group base lrs are kept, e.g. LoRA+).
+
+Warmup convention (differs from Hugging Face's ``get_*_schedule_with_warmup``): optimizer step ``k``
+(0-based) of a ``w``-step warmup uses ``lr * (k + 1) / w``, so the first step already trains at
+``lr / w`` and step ``w - 1`` reaches the full ``lr``. HF's multiplier is ``k / w``: its first step
+runs at lr 0, where AdamW updates its moment estimates but moves no weight, a step of compute spent on
+nothing (and a ``w = 1`` warmup is a lost step). With ``warmup_steps=0`` both start at the full lr.
+"""
 
 from __future__ import annotations
 
