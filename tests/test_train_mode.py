@@ -92,11 +92,13 @@ def test_without_dropout_two_forwards_agree(sft_dir, model_dir, tmp_path):
     assert not any(step["forwards_differ"] for step in probe["steps"])
 
 
-@pytest.mark.slow  # two 2-process FSDP runs on CPU (gloo), ~20 s each on 2 cores
-@pytest.mark.parametrize("adapter", ["lora", "dora"])
-def test_loaded_model_trains_in_training_mode_under_fsdp(model_dir, tmp_path, adapter):
-    """``trainer=fsdp`` on two CPU processes: every rank trains the loaded model in training mode, with
-    adapter dropout on and each decoder layer recomputed by FSDP's activation checkpointing."""
+@pytest.mark.slow  # three 2-process runs on CPU (gloo), ~20 s each on 2 cores
+@pytest.mark.parametrize(("trainer", "adapter", "extra"), [
+    ("fsdp", "lora", ()), ("fsdp", "dora", ()), ("ddp", "lora", ("model.gradient_checkpointing=true",))])
+def test_loaded_model_trains_in_training_mode_on_two_processes(model_dir, tmp_path, trainer, adapter, extra):
+    """``trainer=fsdp|ddp`` on two CPU processes: every rank trains the loaded model in training mode, with
+    adapter dropout on and each decoder layer recomputed (FSDP: its activation checkpointing of each layer;
+    DDP: ``model.gradient_checkpointing``)."""
     from tests.conftest import DIALOGUES, ROOT, write_jsonl
 
     data = tmp_path / "data"
@@ -104,10 +106,10 @@ def test_loaded_model_trains_in_training_mode_under_fsdp(model_dir, tmp_path, ad
     write_jsonl(data / "finance_sft" / "val.jsonl", [{"messages": m} for m in DIALOGUES])
     run, out = tmp_path / "run", tmp_path / "probe"
     # 16 samples, 8 per rank, batch 4: 2 steps an epoch, validation after steps 2 and 4
-    cmd = [sys.executable, str(ROOT / "train.py"), "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+    cmd = [sys.executable, str(ROOT / "train.py"), f"trainer={trainer}", "trainer.accelerator=cpu", "trainer.devices=2",
            "trainer.precision=32-true", "debug=fast", f"trainer.max_steps={STEPS}", f"paths.data_dir={data}",
            f"hydra.run.dir={run}", "trainer.enable_progress_bar=false", f"model.path={model_dir}",
-           f"adapter={adapter}", "adapter.dropout=0.1", "+adapter.init_lora_weights=false",
+           f"adapter={adapter}", "adapter.dropout=0.1", "+adapter.init_lora_weights=false", *extra,
            "callbacks.model_checkpoint.every_n_train_steps=2", "callbacks.export.enabled=false",
            "objective._target_=tests.helpers.mode_probe.ProbeSFT", f"+objective.out_dir={out}",
            "+callbacks.probe._target_=tests.helpers.mode_probe.ProbeCounts", f"+callbacks.probe.out_dir={out}"]
