@@ -29,7 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     tok = ModelBuilder(config={"hidden_size": 8}).load_tokenizer()  # the shipped tokenizer
     print(f"max_length={args.max_length}, shipped tokenizer\n")
-    print("| part | data.overlong | rows | kept | truncated | dropped | tokens lost | answer tokens lost | answer tokens kept |")
+    print("| part | data.overlong | rows | kept | truncated | dropped | tokens lost | answer tokens lost "
+          "| answer tokens kept |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for path in sorted(args.data_dir.glob("*_part.json")):
         rows = list(iter_rows(path, "alpaca"))

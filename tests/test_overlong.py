@@ -36,7 +36,8 @@ def test_truncate_prompt_drops_the_oldest_turns_and_keeps_every_answer_token(tok
     assert tokenizer.decode([t for t in ex.labels[0] if t != IGNORE_INDEX]) == A2["content"] + "<|eot_id|>"
     assert fitted.status == "truncated"
     assert fitted.tokens_lost == len(full_ids) - len(kept_ids) == size(SYSTEM) + size(Q1) + size(A1)
-    assert fitted.label_tokens_lost == labelled(full_labels) - labelled(kept_labels) == size(A1) - enc.turn("assistant", A1["content"]).head
+    a1_head = enc.turn("assistant", A1["content"]).head
+    assert fitted.label_tokens_lost == labelled(full_labels) - labelled(kept_labels) == size(A1) - a1_head
 
 
 def test_truncate_prompt_keeps_earlier_answers_that_fit(tokenizer):
@@ -133,8 +134,10 @@ def test_counts_reach_metrics_json_and_the_warning_says_what_keeps_them(tokenize
     caplog.clear()
     data = run("truncate_prompt", tmp_path / "a")
     assert data["train/truncated"] == 4 and data["train/dropped_overlong"] == 0
-    assert data["train/truncated_tokens_lost"] == 4 * expect.tokens_lost and data["train/label_tokens_lost"] == 4 * expect.label_tokens_lost
-    assert any("train data: 4 rows truncated" in r.message and "data.max_length=64" in r.message for r in caplog.records)
+    assert data["train/truncated_tokens_lost"] == 4 * expect.tokens_lost
+    assert data["train/label_tokens_lost"] == 4 * expect.label_tokens_lost
+    msg = [r.message for r in caplog.records if "train data:" in r.message]
+    assert len(msg) == 1 and "4 rows truncated" in msg[0] and "data.max_length=64" in msg[0]
 
     dropped = fit_example(row, 64, "drop")
     caplog.clear()

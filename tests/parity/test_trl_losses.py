@@ -95,7 +95,8 @@ def test_reference_losses_equal_trls(loss_type):
 
 
 def cpo_stub(loss_type: str, label_smoothing: float = 0.0, gamma: float = 0.0):
-    return SimpleNamespace(loss_type=loss_type, beta=BETA, simpo_gamma=gamma, label_smoothing=label_smoothing, alpha=0.0,
+    return SimpleNamespace(loss_type=loss_type, beta=BETA, simpo_gamma=gamma, label_smoothing=label_smoothing,
+                           alpha=0.0,
                            accelerator=SimpleNamespace(device=torch.device("cpu")))
 
 

@@ -16,7 +16,7 @@ trl = pytest.importorskip("trl", minversion="1.16")
 
 from tests.conftest import DIALOGUES, TINY  # noqa: E402
 from zhilu.data.collate import PaddedCollator  # noqa: E402
-from zhilu.data.encode import IGNORE_INDEX, ChatEncoder  # noqa: E402
+from zhilu.data.encode import ChatEncoder  # noqa: E402
 
 pytestmark = pytest.mark.slow  # TRL trainers, ~30 s in all on 2 cores
 
@@ -90,15 +90,16 @@ def assert_same_weights(ours, theirs) -> float:
 
 def test_multi_turn_label_masks_equal_trls_assistant_masks(tok, tmp_path):
     """TRL's ``assistant_only_loss`` recognises the shipped template (Meta's bytes) and swaps in its training
-    variant; its token ids and labels (from its assistant masks) equal this project's ids and labels on multi-turn rows."""
+    variant; its token ids and labels (from its assistant masks) equal this project's ids and labels on
+    multi-turn rows."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
     from trl.chat_template_utils import get_training_chat_template
 
     assert get_training_chat_template(tok) is not None  # a known template: TRL has a training variant of it
     rows = DIALOGUES + [
-        [{"role": "user", "content": "一"}, {"role": "assistant", "content": "甲"}, {"role": "user", "content": "二"},
-         {"role": "assistant", "content": "乙"}, {"role": "user", "content": "三"}, {"role": "assistant", "content": "丙"}],
+        [{"role": r, "content": c} for r, c in [("user", "一"), ("assistant", "甲"), ("user", "二"),
+                                                 ("assistant", "乙"), ("user", "三"), ("assistant", "丙")]],
         [{"role": "system", "content": "  有空白  "}, {"role": "user", "content": "问\n"},
          {"role": "assistant", "content": "\n答 "}],
     ]

@@ -69,7 +69,7 @@ def overlong_warning(split: str, stats: dict, max_length: int, overlong: str) ->
         parts.append(f"{truncated} rows truncated ({stats[f'{split}/truncated_tokens_lost']:,} tokens cut)")
     if dropped:
         parts.append(f"{dropped} rows dropped ({stats[f'{split}/dropped_tokens_lost']:,} tokens)")
-    keep = "a larger data.max_length keeps them whole"
+    keep = "a larger data.max_length keeps every row whole"
     if overlong != "truncate_prompt":
         keep = "data.overlong=truncate_prompt keeps every answer whole (it cuts the oldest prompt turns), " + keep
     return (f"{split} data: {' and '.join(parts)} as longer than data.max_length={max_length} "
