@@ -94,7 +94,10 @@ def test_without_dropout_two_forwards_agree(sft_dir, model_dir, tmp_path):
 
 @pytest.mark.slow  # three 2-process runs on CPU (gloo), ~20 s each on 2 cores
 @pytest.mark.parametrize(("trainer", "adapter", "extra"), [
-    ("fsdp", "lora", ()), ("fsdp", "dora", ()), ("ddp", "lora", ("model.gradient_checkpointing=true",))])
+    ("fsdp", "lora", ()), ("fsdp", "dora", ()), ("ddp", "lora", ("model.gradient_checkpointing=true",)),
+    # both FSDP's and transformers' checkpointing on (model=llama3_8b* with trainer=fsdp): the nested
+    # (non-reentrant) checkpoints still recompute each layer once
+    ("fsdp", "lora", ("model.gradient_checkpointing=true",))])
 def test_loaded_model_trains_in_training_mode_on_two_processes(model_dir, tmp_path, trainer, adapter, extra):
     """``trainer=fsdp|ddp`` on two CPU processes: every rank trains the loaded model in training mode, with
     adapter dropout on and each decoder layer recomputed (FSDP: its activation checkpointing of each layer;
