@@ -92,7 +92,7 @@ def test_without_dropout_two_forwards_agree(sft_dir, model_dir, tmp_path):
     assert not any(step["forwards_differ"] for step in probe["steps"])
 
 
-@pytest.mark.slow  # three 2-process runs on CPU (gloo), ~20 s each on 2 cores
+@pytest.mark.slow  # four 2-process runs on CPU (gloo), ~20-60 s each on 2 cores
 @pytest.mark.parametrize(("trainer", "adapter", "extra"), [
     ("fsdp", "lora", ()), ("fsdp", "dora", ()), ("ddp", "lora", ("model.gradient_checkpointing=true",)),
     # both FSDP's and transformers' checkpointing on (model=llama3_8b* with trainer=fsdp): the nested
