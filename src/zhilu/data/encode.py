@@ -76,13 +76,11 @@ def _labelled(labels: Sequence[int]) -> int:
     return sum(1 for x in labels if x != IGNORE_INDEX)
 
 
-def _cut_prompt(enc: Encoded, max_length: int) -> tuple[list[Turn], bool] | None:
-    """The newest context turns that fit next to the longest answer (whole turns, starting at a non-assistant
-    turn), or, when not even the newest turn fits, that turn with the start of its content cut. ``None``
-    when the answer alone does not fit."""
+def _cut_prompt(enc: Encoded, max_length: int) -> list[Turn] | None:
+    """The newest context turns that fit next to the longest answer (whole turns, not starting at an
+    assistant turn), or, when not even the newest turn fits, that turn with the start of its content cut
+    (its header kept). ``None`` when the answer and a question's header alone do not fit."""
     budget = max_length - len(enc.bos) - max(len(a) for a in enc.answers)
-    if budget < 0:
-        return None
     kept: list[Turn] = []
     used = 0
     for turn in reversed(enc.context):
@@ -91,18 +89,18 @@ def _cut_prompt(enc: Encoded, max_length: int) -> tuple[list[Turn], bool] | None
         kept.insert(0, turn)
         used += len(turn)
     if len(kept) == len(enc.context):
-        return kept, False
+        return kept
     if not kept:  # the newest prompt turn alone is too long: keep its header and the end of its content
         turn = enc.context[-1]
         room = budget - turn.head
         if room < 1:
-            return [], True
+            return None
         body = slice(len(turn) - room, len(turn))
         return [Turn(turn.role, turn.ids[: turn.head] + turn.ids[body], turn.labels[: turn.head] + turn.labels[body],
-                     turn.head)], True
+                     turn.head)]
     while kept and kept[0].role == "assistant":
         kept.pop(0)  # a dialogue cut before an answer starts at the question, not at the answer
-    return kept, True
+    return kept
 
 
 def fit_example(enc: Encoded, max_length: int, overlong: str, what: str = "sample") -> Fitted:
@@ -141,10 +139,10 @@ def fit_example(enc: Encoded, max_length: int, overlong: str, what: str = "sampl
         if not kept_labels:  # nothing left to learn from
             return dropped
     else:
-        fitted = _cut_prompt(enc, max_length)
-        if fitted is None:  # an answer alone is too long: its start still trains, as under truncate
+        context = _cut_prompt(enc, max_length)
+        if context is None:  # an answer (almost) alone is too long: its start still trains, as under truncate
             return fit_example(enc, max_length, "truncate", what)
-        cut = Encoded(enc.bos, fitted[0], enc.answers).sequences()
+        cut = Encoded(enc.bos, context, enc.answers).sequences()
         kept_labels = sum(_labelled(lab) for _, lab in cut)
     kept = sum(len(ids) for ids, _ in cut)
     return Fitted(Example([i for i, _ in cut], [lab for _, lab in cut]), "truncated", total - kept,
