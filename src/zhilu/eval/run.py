@@ -63,7 +63,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     name = model_display_name(cfg, builder)
     log.info("%s (%s split, %d-shot%s): %d questions in %d subjects, model %s", benchmark.name, benchmark.split,
              benchmark.shots, ", chat" if benchmark.chat else "", data.num_questions, len(data.subjects), name)
-    result = evaluate(benchmark, model, tokenizer, scorer, model_name=name, data=data)
+    gen = (cfg.get("scorers") or {}).get("generate")  # answers multi-answer questions in loglik mode
+    result = evaluate(benchmark, model, tokenizer, scorer, model_name=name, data=data,
+                      multi_scorer=build(gen) if gen is not None else None)
     out = Path(cfg.paths.output_dir)
     extra = {"model_path": builder.path, "mode": cfg.mode, "device": str(next(model.parameters()).device)}
     write_outputs(result, out, extra)

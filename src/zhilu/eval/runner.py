@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from zhilu.eval.benchmark import Benchmark, BenchmarkData
+from zhilu.eval.benchmark import PARTIAL_GROUP, TYPE_GROUP, Benchmark, BenchmarkData
+from zhilu.eval.loader import QTYPES
 from zhilu.eval.metrics import SubjectScore, group_scores, render_table
 from zhilu.eval.prompts import Prompt, PromptBuilder
-from zhilu.eval.scoring import Scored
+from zhilu.eval.scoring import GenerateScorer, Scored, option_credit
 from zhilu.utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -62,22 +63,36 @@ def context_length(model, benchmark: Benchmark) -> int:
     return int(getattr(model.config, "max_position_embeddings", 2048))
 
 
-def build_prompts(benchmark: Benchmark, data: BenchmarkData, tokenizer, max_length: int) -> list[tuple[Any, Prompt]]:
+def build_prompts(benchmark: Benchmark, data: BenchmarkData, tokenizer, max_length: int,
+                  multi_max_length: int | None = None) -> list[tuple[Any, Prompt]]:
+    """Every question's prompt; multi-answer questions (answered by generation) fit into
+    ``multi_max_length`` tokens, the others carry the token ids of their own answer letters."""
     builder = PromptBuilder(benchmark.format, tokenizer, max_length, chat=benchmark.chat)
+    multi = PromptBuilder(benchmark.format, tokenizer, multi_max_length or max_length, chat=benchmark.chat)
     out = []
     for subject in data.subjects:
         for q in data.questions[subject.name]:
-            out.append((q, builder.build(subject, data.shots[subject.name], q)))
+            if q.multi:
+                out.append((q, multi.build(subject, data.shots_for(q), q)))
+            else:
+                p = builder.build(subject, data.shots_for(q), q)
+                p.choices = builder.choice_ids(q)
+                out.append((q, p))
     return out
 
 
 def evaluate(benchmark: Benchmark, model, tokenizer, scorer, model_name: str = "model",
-             data: BenchmarkData | None = None, log_every_s: float = 30.0) -> EvalResult:
-    """Score every selected question; ``data`` may be passed in to skip re-reading the files."""
+             data: BenchmarkData | None = None, log_every_s: float = 30.0, multi_scorer=None) -> EvalResult:
+    """Score every selected question; ``data`` may be passed in to skip re-reading the files.
+
+    Multi-answer questions go to a generating scorer: ``scorer`` itself when it generates, else
+    ``multi_scorer`` (default: :class:`~zhilu.eval.scoring.GenerateScorer`)."""
     data = data or benchmark.load()
-    max_length = context_length(model, benchmark) - getattr(scorer, "reserve_tokens", 0)
+    context = context_length(model, benchmark)
+    max_length = context - getattr(scorer, "reserve_tokens", 0)
+    gen_scorer = scorer if getattr(scorer, "generates", False) else (multi_scorer or GenerateScorer())
     t0 = time.perf_counter()
-    pairs = build_prompts(benchmark, data, tokenizer, max_length)
+    pairs = build_prompts(benchmark, data, tokenizer, max_length, context - gen_scorer.reserve_tokens)
     t_prompts = time.perf_counter() - t0
     last = [time.perf_counter()]
 
@@ -89,9 +104,17 @@ def evaluate(benchmark: Benchmark, model, tokenizer, scorer, model_name: str = "
     was_training = model.training
     model.eval()
     t1 = time.perf_counter()
+    parts = [[i for i, (q, _) in enumerate(pairs) if q.multi == m] for m in (False, True)]
+    scored: list[Scored] = [None] * len(pairs)  # type: ignore[list-item]
     try:
-        scored: list[Scored] = scorer(model, tokenizer, [p.ids for _, p in pairs], [q for q, _ in pairs],
-                                      progress=progress)
+        for idx, sc in zip(parts, (scorer, gen_scorer)):
+            if not idx:
+                continue
+            kwargs = {} if sc is gen_scorer and sc is not scorer else {"choices": [pairs[i][1].choices for i in idx]}
+            got = sc(model, tokenizer, [pairs[i][1].ids for i in idx], [pairs[i][0] for i in idx],
+                     progress=progress, **kwargs)
+            for i, s in zip(idx, got):
+                scored[i] = s
     finally:
         model.train(was_training)
     if torch.cuda.is_available():
@@ -100,15 +123,24 @@ def evaluate(benchmark: Benchmark, model, tokenizer, scorer, model_name: str = "
 
     records: list[dict[str, Any]] = []
     per_subject = {s.name: SubjectScore() for s in data.subjects}
+    per_type = {t: [0, 0] for t in QTYPES}  # scored, correct
+    partial: list[float] = []
     for (q, p), s in zip(pairs, scored):
         sc = per_subject[q.subject]
         sc.n += 1
         correct = None
+        rec_extra: dict[str, Any] = {}
         if q.answer is not None:
             correct = s.pred == q.answer
             sc.scored += 1
             sc.correct += int(correct)
-        rec = {"subject": q.subject, "id": q.qid, "answer": q.answer, "pred": s.pred, "correct": correct,
+            per_type[q.qtype][0] += 1
+            per_type[q.qtype][1] += int(correct)
+            if q.multi:
+                rec_extra["option_credit"] = round(option_credit(s.pred, q.answer, len(q.options)), 5)
+                partial.append(rec_extra["option_credit"])
+        rec = {"subject": q.subject, "id": q.qid, "type": q.qtype, "options": len(q.options), "answer": q.answer,
+               "pred": s.pred, "correct": correct, **rec_extra,
                "shots": p.shots, "dropped_shots": p.dropped_shots, "prompt_tokens": len(p.ids)}
         if p.dropped_header:
             rec["dropped_header"] = True
@@ -141,7 +173,11 @@ def evaluate(benchmark: Benchmark, model, tokenizer, scorer, model_name: str = "
     if stats["dropped_shots"]:
         log.warning("%s: %d shots dropped from %d prompts to fit %d tokens", benchmark.name,
                     stats["dropped_shots"], stats["prompts_with_dropped_shots"], max_length)
+    stats["questions_by_type"] = {t: n for t, (n, _) in per_type.items() if n}
     groups = group_scores(per_subject, benchmark.groups(), benchmark.weight_by_questions)
+    for t, (n, c) in per_type.items():  # pooled over questions
+        groups[TYPE_GROUP.format(t)] = 100.0 * c / n if n else None
+    groups[PARTIAL_GROUP] = 100.0 * sum(partial) / len(partial) if partial else None
     return EvalResult(benchmark=benchmark, model_name=model_name, records=records, per_subject=per_subject,
                       groups=groups, stats=stats)
 
