@@ -245,13 +245,16 @@ class CsvLayout:
                 raise DataError(f"{where}: {len(row)} fields, the header has {len(header)}")
             qid = row[col[self.id_column]].strip()
             opts = [row[col[x]] for x in options]
-            while len(opts) > self.min_options and not opts[-1].strip():
-                opts.pop()  # a question with fewer options than the file has columns
+            if self.min_options < self.max_options:  # a question with fewer options than the file has columns
+                while opts and not opts[-1].strip():
+                    opts.pop()
+                if len(opts) < 2:
+                    raise DataError(f"{where}: fewer than two options (question id {qid})")
             for letter, text in zip(ALL_LETTERS, opts):
                 if not text.strip():
                     raise DataError(f"{where}: option {letter} is empty (question id {qid})")
-            if len(opts) < 2:
-                raise DataError(f"{where}: fewer than two options (question id {qid})")
+            if len(opts) < self.min_options:
+                raise DataError(f"{where}: option {ALL_LETTERS[len(opts)]} is empty (question id {qid})")
             if not row[col[self.question_column]].strip():
                 raise DataError(f"{where}: the question text is empty")
             ids.check(qid, where)
@@ -321,7 +324,8 @@ class JsonLayout:
             file stem), or, with ``subject_field``, a path or glob (``knowledge.json``) whose rows
             name their subject.
         subject_field: row field holding the subject (CFLUE: ``名称``); default: the file stem.
-        id_field: row field holding the question id (default: the row's number in its file).
+        id_field: row field holding the question id (default: the row's line in a JSON Lines file,
+            its index in a JSON array).
         question_field, answer_field: field names.
         choices_field: a list, a dict ``{"A": ...}`` or a string holding either (CFLUE); or
         option_fields: one field per option (``[A, B, C, D, E]``; empty or missing trailing ones dropped).
@@ -423,7 +427,7 @@ class JsonLayout:
     def read(self, data_dir: str | Path, split: str, subject: str) -> list[Question]:
         out: list[Question] = []
         ids = _Ids()
-        for n, (where, row) in enumerate(self._rows(data_dir, split, subject), 1):
+        for where, row in self._rows(data_dir, split, subject):
             question = row.get(self.question_field)
             if question is None or not str(question).strip():
                 raise DataError(f"{where}: the question text is empty (field {self.question_field!r})")
@@ -436,7 +440,12 @@ class JsonLayout:
                 if self.choices_field not in row:
                     raise DataError(f"{where}: no {self.choices_field!r} field")
                 options = parse_choices(row[self.choices_field], where)
-            qid = str(row[self.id_field]).strip() if self.id_field and row.get(self.id_field) is not None else str(n)
+            if self.id_field:
+                if row.get(self.id_field) is None or not str(row[self.id_field]).strip():
+                    raise DataError(f"{where}: no question id (field {self.id_field!r})")
+                qid = str(row[self.id_field]).strip()
+            else:  # the row's place in its file: the JSON Lines line, the JSON array item
+                qid = where.rsplit(":", 1)[-1].strip("[]")
             ids.check(qid, where)
             declared = _declared_type(row.get(self.type_field), self.type_values, where) if self.type_field else None
             letters = ALL_LETTERS[: len(options)]
