@@ -1,4 +1,7 @@
-"""Evaluate: ``python eval.py benchmark=ceval|cmmlu|fineval [benchmark.data_dir=DIR] [model.path=RUN|EXPORT|HF]``.
+"""Evaluate: ``python eval.py benchmark=ceval|cmmlu|fineval|mcq [benchmark.data_dir=DIR] [model.path=RUN|EXPORT|HF]``.
+
+``benchmark=mcq`` evaluates any multiple-choice folder (``benchmark.layout=ceval|cmmlu|jsonl``);
+``benchmark.prompt_style=official|opencompass|lm_eval`` picks whose prompts to reproduce.
 
 Scores C-Eval / CMMLU / FinEval with the official answer-only prompts (``benchmark.shots``,
 ``benchmark.chat``), by next-token letter log-likelihood (``mode=loglik``) or greedy generation +

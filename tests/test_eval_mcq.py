@@ -133,8 +133,8 @@ def test_categories_file_gives_category_and_hard_columns(cmmlu_folder):
 # --------------------------------------------------------------------------------------- bad input
 def test_bad_rows_name_the_file_and_row(tmp_path, cmmlu_folder):
     f = tmp_path / "x" / "test" / "s.csv"
-    layout = CsvLayout(pattern="{split}/{subject}.csv", id_column="", question_column="Question", answer_column="Answer",
-                       min_options=2, max_options=26, multi_answer=True, require_answer=True)
+    layout = CsvLayout(pattern="{split}/{subject}.csv", id_column="", question_column="Question",
+                       answer_column="Answer", min_options=2, max_options=26, multi_answer=True, require_answer=True)
     cases = [
         (",Question,A,B,C\n0,问,a,b,c\n", f"{f}:1: header ,Question,A,B,C lacks the answer column 'Answer'"),
         (",Question,A,B,C,Answer\n0,问,a,b,c,A\n1,问,a,b,,C\n", f"{f}:3: answer 'C' is not one of A, B"),

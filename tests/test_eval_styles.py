@@ -28,7 +28,8 @@ def _law():
 
 
 def _arts():
-    return load_subjects("cmmlu")["arts"], CMMLU.read(CMMLU_TINY, "dev", "arts"), CMMLU.read(CMMLU_TINY, "test", "arts")[2]
+    arts = load_subjects("cmmlu")["arts"]
+    return arts, CMMLU.read(CMMLU_TINY, "dev", "arts"), CMMLU.read(CMMLU_TINY, "test", "arts")[2]
 
 
 def test_ceval_prompts_of_the_three_styles():

@@ -116,7 +116,8 @@ class Benchmark:
         self.data_dir = str(data_dir)
         if isinstance(layout, str):
             if layout not in (layouts or {}):
-                raise ConfigError(f"benchmark.layout={layout!r}: expected one of {', '.join(layouts or {}) or '(none)'}")
+                known = ", ".join(layouts or {}) or "(none)"
+                raise ConfigError(f"benchmark.layout={layout!r}: expected one of {known}")
             layout = layouts[layout]
         self.layout = _plain(layout)
         self.prompt_style = prompt_style

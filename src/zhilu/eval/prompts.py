@@ -42,7 +42,8 @@ Over-long prompts (``shot_fit``) follow each tool's own code:
   while the prompt with its answer is longer than ``max_seq_len`` tokens.
 - ``truncate``: lm-evaluation-harness ``HFLM._loglikelihood_tokens`` (EleutherAI@0068151): no shot
   is dropped; the context is cut from the left to the last ``max_length`` tokens.
-- ``longest`` (C-Eval, FinEval: hkust-nlp/ceval ``evaluators/llama.py`` never drops a shot, so a
+- ``longest`` (C-Eval, FinEval: neither hkust-nlp/ceval ``evaluators/llama.py`` (@802229f) nor FinEval
+  ``evaluators/unify_evaluator.py`` (SUFE-AIFLM-Lab/FinEval@b5773e6) ever drops a shot, so a
   prompt longer than the context cannot run there): the longest shot (the later one on ties) is
   dropped, one at a time, until the jointly encoded prompt fits.
 

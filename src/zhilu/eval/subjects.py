@@ -133,7 +133,8 @@ def folder_subjects(benchmark: str, names: list[str], meta: dict[str, Any] | Non
     if not isinstance(cats, dict) or not all(isinstance(v, (list, tuple)) for v in cats.values()):
         raise ConfigError(f"{where}: 'categories' must map each category to a list of subjects")
     known = set(names)
-    unknown = sorted({str(s) for members in cats.values() for s in members} - known) + sorted(set(map(str, hard)) - known)
+    listed = {str(s) for members in cats.values() for s in members}
+    unknown = sorted(listed - known) + sorted(set(map(str, hard)) - known)
     if unknown:
         raise ConfigError(f"{where}: subject(s) {', '.join(unknown[:5])} not found in the data folder "
                           f"(found: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
