@@ -301,3 +301,16 @@ def test_eval_py_on_a_folder_writes_the_per_type_table(tmp_path, cmmlu_folder):
     acc = {s: 100 * sum(v) / len(v) for s, v in per_subject.items()}
     assert summary["accuracy"]["avg"] == pytest.approx((acc[CPA] + acc[BANK]) / 2)
     assert summary["accuracy"]["type:multi_partial"] == pytest.approx(100 * multi["option_credit"])
+
+
+def test_folder_prompts_drop_shots_that_do_not_fit(tokenizer, cmmlu_folder):
+    bench = build(_mcq(cmmlu_folder, "benchmark.shots=1").benchmark)
+    data = bench.load()
+    full = {(q.subject, q.qid): p for q, p in build_prompts(bench, data, tokenizer, 4096)}
+    assert {p.shots for p in full.values()} == {1}
+    # the multi-answer question gets a multi-answer shot, the true/false one a true/false shot
+    cpa = {q.qid: q for q in data.questions[CPA]}
+    assert data.shots_for(cpa["1"])[0].qtype == "multi" and data.shots_for(cpa["2"])[0].qtype == "tf"
+    budget = min(len(p.ids) for p in full.values()) - 1
+    tight = build_prompts(bench, data, tokenizer, budget, budget)
+    assert all(p.shots == 0 and p.dropped_shots == 1 and len(p.ids) <= budget for _, p in tight)
