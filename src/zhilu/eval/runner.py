@@ -108,13 +108,11 @@ def evaluate(benchmark: Benchmark, model, tokenizer, scorer, model_name: str = "
     scored: list[Scored] = [None] * len(pairs)  # type: ignore[list-item]
     try:
         for idx, sc in zip(parts, (scorer, gen_scorer)):
-            if not idx:
-                continue
-            kwargs = {} if sc is gen_scorer and sc is not scorer else {"choices": [pairs[i][1].choices for i in idx]}
-            got = sc(model, tokenizer, [pairs[i][1].ids for i in idx], [pairs[i][0] for i in idx],
-                     progress=progress, **kwargs)
-            for i, s in zip(idx, got):
-                scored[i] = s
+            if idx:
+                got = sc(model, tokenizer, [pairs[i][1].ids for i in idx], [pairs[i][0] for i in idx],
+                         progress=progress, choices=[pairs[i][1].choices for i in idx])
+                for i, s in zip(idx, got):
+                    scored[i] = s
     finally:
         model.train(was_training)
     if torch.cuda.is_available():
@@ -176,8 +174,10 @@ def evaluate(benchmark: Benchmark, model, tokenizer, scorer, model_name: str = "
     stats["questions_by_type"] = {t: n for t, (n, _) in per_type.items() if n}
     groups = group_scores(per_subject, benchmark.groups(), benchmark.weight_by_questions)
     for t, (n, c) in per_type.items():  # pooled over questions
-        groups[TYPE_GROUP.format(t)] = 100.0 * c / n if n else None
-    groups[PARTIAL_GROUP] = 100.0 * sum(partial) / len(partial) if partial else None
+        if n:
+            groups[TYPE_GROUP.format(t)] = 100.0 * c / n
+    if partial:
+        groups[PARTIAL_GROUP] = 100.0 * sum(partial) / len(partial)
     return EvalResult(benchmark=benchmark, model_name=model_name, records=records, per_subject=per_subject,
                       groups=groups, stats=stats)
 
