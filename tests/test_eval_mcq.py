@@ -125,8 +125,15 @@ def test_categories_file_gives_category_and_hard_columns(cmmlu_folder):
     assert {s.name: (s.category, s.hard, s.name_zh) for s in bench.selected} == {
         CPA: ("会计", True, "注册会计师"), BANK: ("银行", False, BANK)}
     assert list(bench.table) == ["会计", "银行", "Avg", "Avg(Hard)"]
-    _write(cmmlu_folder / "categories.yaml", "categories:\n  会计: [不存在的科目]\n")
-    with pytest.raises(ConfigError, match=r"categories.yaml: subject\(s\) 不存在的科目 not found in the data folder"):
+    # CMMLU's own categories.json: category2subject, a subject may also be "China specific"
+    (cmmlu_folder / "categories.yaml").unlink()
+    _write(cmmlu_folder / "categories.json", json.dumps({"category2subject": {"STEM": [CPA], "Other": [BANK],
+                                                                           "China specific": [CPA, BANK]}}))
+    bench = build(_mcq(cmmlu_folder).benchmark)
+    assert list(bench.table) == ["STEM", "Other", "China specific", "Avg"]
+    assert bench.groups()["China specific"] == [CPA, BANK]
+    _write(cmmlu_folder / "categories.json", '{"categories": {"会计": ["不存在的科目"]}}')
+    with pytest.raises(ConfigError, match=r"categories.json: subject\(s\) 不存在的科目 not found in the data folder"):
         build(_mcq(cmmlu_folder).benchmark)
 
 

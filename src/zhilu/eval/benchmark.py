@@ -155,7 +155,7 @@ class Benchmark:
                               f"{dev_split!r} split to take shots from")
 
     def _folder_table(self) -> dict[str, str]:
-        cats = [c for c in self.meta.categories if any(s.category == c for s in self.selected)]
+        cats = [c for c, members in self.groups().items() if c in self.meta.categories and members]
         if cats:
             table = {c: c for c in cats}
             table["Avg"] = AVG
@@ -167,7 +167,7 @@ class Benchmark:
         return table
 
     def groups(self) -> dict[str, list[str]]:
-        out = groups(self.selected, self.meta.categories)
+        out = groups(self.selected, self.meta.categories, self.meta.members)
         if self.folder:
             out.update({f"subject:{s.name}": [s.name] for s in self.selected})
         return out

@@ -51,6 +51,8 @@ class SubjectTable:
     categories: tuple[str, ...]
     subjects: tuple[Subject, ...]
     source: str = ""
+    # folder metadata: each category's subjects (a subject may be in several, e.g. CMMLU's "China specific")
+    members: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __getitem__(self, name: str) -> Subject:
         for s in self.subjects:
@@ -70,9 +72,14 @@ class SubjectTable:
         return list(seen.values())
 
 
-def groups(subjects: list[Subject], categories: tuple[str, ...]) -> dict[str, list[str]]:
+def groups(subjects: list[Subject], categories: tuple[str, ...],
+           members: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> dict[str, list[str]]:
     """Aggregation groups: each category, ``avg`` (all), ``hard`` and ``china_specific`` when present."""
-    out = {c: [s.name for s in subjects if s.category == c] for c in categories}
+    if members:
+        listed = dict(members)
+        out = {c: [s.name for s in subjects if s.name in listed[c]] for c in categories}
+    else:
+        out = {c: [s.name for s in subjects if s.category == c] for c in categories}
     out[AVG] = [s.name for s in subjects]
     out[HARD] = [s.name for s in subjects if s.hard]
     out[CHINA] = [s.name for s in subjects if s.china_specific]
@@ -138,12 +145,12 @@ def folder_subjects(benchmark: str, names: list[str], meta: dict[str, Any] | Non
     if unknown:
         raise ConfigError(f"{where}: subject(s) {', '.join(unknown[:5])} not found in the data folder "
                           f"(found: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
-    category = {}
+    category: dict[str, str] = {}  # a subject's first category (subjects.csv)
     for cat, members in cats.items():
         for s in members:
-            if str(s) in category:
-                raise ConfigError(f"{where}: subject {s!r} is in two categories ({category[str(s)]}, {cat})")
-            category[str(s)] = str(cat)
+            category.setdefault(str(s), str(cat))
     subjects = tuple(Subject(name=n, name_zh=str(display.get(n, n)), name_en=n, category=category.get(n, ""),
                              hard=n in set(map(str, hard))) for n in names)
-    return SubjectTable(benchmark=benchmark, categories=tuple(map(str, cats)), subjects=subjects, source=where)
+    members = tuple((str(c), tuple(map(str, m))) for c, m in cats.items())
+    return SubjectTable(benchmark=benchmark, categories=tuple(map(str, cats)), subjects=subjects, source=where,
+                        members=members)
