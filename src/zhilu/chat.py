@@ -19,6 +19,7 @@ import torch
 from zhilu.data.encode import ChatEncoder
 from zhilu.errors import DataError
 from zhilu.model.chat_template import DEFAULT_SYSTEM_PROMPT
+from zhilu.utils.jsonl import iter_lines
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def read_prompts(path: str | Path) -> list[str]:
     if not p.is_file():
         raise DataError(f"prompts_file={path}: no such file")
     prompts = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in iter_lines(p):
         if not line.strip():
             continue
         if p.suffix == ".jsonl":

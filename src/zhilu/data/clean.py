@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import logging
 import re
@@ -37,6 +38,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 from zhilu.data.formats import READERS, PreferencePair, RowError, numbered_rows
 from zhilu.errors import ConfigError, DataError
+from zhilu.utils.jsonl import iter_jsonl, read_text
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +411,7 @@ def load_benchmark_questions(dirs: Iterable[str | Path]) -> list[BenchQuestion]:
         files = [d] if d.is_file() else sorted(p for p in d.rglob("*") if p.suffix in (".csv", ".jsonl"))
         for f in files:
             if f.suffix == ".csv":
-                with f.open(encoding="utf-8-sig", newline="") as fh:
+                with io.StringIO(read_text(f), newline="") as fh:
                     reader = csv.DictReader(fh)
                     col = next((c for c in (reader.fieldnames or []) if c and c.lower() == "question"), None)
                     if col is None:
@@ -418,11 +420,8 @@ def load_benchmark_questions(dirs: Iterable[str | Path]) -> list[BenchQuestion]:
                         if row.get(col):
                             out.append(BenchQuestion(f"{f}:{n}", row[col]))
             else:
-                for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
-                    try:
-                        q = json.loads(line).get("question") if line.strip() else None
-                    except (json.JSONDecodeError, AttributeError):
-                        q = None
+                for n, row, _ in iter_jsonl(f):
+                    q = row.get("question") if isinstance(row, dict) else None
                     if isinstance(q, str) and q:
                         out.append(BenchQuestion(f"{f}:{n}", q))
     return out

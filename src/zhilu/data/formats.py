@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from zhilu.errors import ConfigError, DataError
+from zhilu.utils.jsonl import iter_jsonl, read_text
 
 log = logging.getLogger(__name__)
 
@@ -134,28 +135,21 @@ READERS: dict[str, Callable] = {
 def numbered_rows(path: str | Path) -> tuple[list[tuple[int, object, str | None]], str]:
     """``(number, row, error)`` for every row of a JSONL file (numbered by line) or a JSON list
     (numbered by position), and the word for the numbering (``line`` or ``row``). A line that is
-    not JSON comes back with ``row=None`` and the reason; whole-file problems raise ``DataError``."""
+    not JSON comes back with ``row=None`` and the reason; whole-file problems (and bytes that are not
+    UTF-8: file, line and byte offset) raise ``DataError``. Lines end at ``\n`` only
+    (:mod:`zhilu.utils.jsonl`), so U+2028/U+2029/U+0085 inside strings stay in their row."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         try:
-            rows = json.loads(text)
+            rows = json.loads(read_text(path))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(rows, list):
             raise DataError(f"{path}: a .json data file must hold a list of rows")
         return [(i + 1, r, None) for i, r in enumerate(rows)], "row"
-    numbered = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            numbered.append((lineno, json.loads(line), None))
-        except json.JSONDecodeError as exc:
-            numbered.append((lineno, None, f"bad JSON ({exc.msg})"))
-    return numbered, "line"
+    return list(iter_jsonl(path)), "line"
 
 
 def iter_rows(path: str | Path, fmt: str, on_error: str = "raise", stats: dict | None = None) -> Iterator:

@@ -21,7 +21,6 @@ The realised distribution (rows and tokens per source) is logged, put into ``sta
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -34,6 +33,7 @@ from zhilu.data.encode import IGNORE_INDEX, ChatEncoder, Example
 from zhilu.data.formats import iter_rows
 from zhilu.errors import ConfigError, DataError
 from zhilu.model.chat_template import EOS
+from zhilu.utils.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -213,15 +213,9 @@ def read_text_rows(path: str | Path, on_error: str = "raise", stats: dict | None
     if not p.is_file():
         raise DataError(f"{p}: data file not found")
     out = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            err = None if isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip() \
-                else "expected an object with a non-empty 'text' string (format=text)"
-        except json.JSONDecodeError as exc:
-            err = f"bad JSON ({exc.msg})"
+    for lineno, row, err in iter_jsonl(p):
+        if err is None and not (isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip()):
+            err = "expected an object with a non-empty 'text' string (format=text)"
         if err is None:
             out.append(row["text"])
         elif on_error == "raise":

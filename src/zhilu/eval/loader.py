@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from zhilu.errors import ConfigError, DataError
+from zhilu.utils.jsonl import read_text
 
 LETTERS = ("A", "B", "C", "D")  # the four letters of C-Eval / CMMLU / FinEval
 ALL_LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -103,13 +104,9 @@ def parse_answer(raw: Any, letters: tuple[str, ...], where: str, multi_ok: bool)
 
 
 def _read_text(path: Path) -> str:
-    """The file as text (UTF-8, BOM allowed); a decoding error names the line."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    """The file as text (UTF-8, BOM allowed); a decoding error names the line and byte offset with
+    some context (:func:`zhilu.utils.jsonl.read_text`, the project's one reader)."""
+    return read_text(path)
 
 
 class _Ids:
@@ -178,6 +175,9 @@ class CsvLayout:
     type_column: str | None = None
     type_values: dict[str, str] = field(default_factory=dict)
     require_answer: bool = False
+    #: splits released without answers (C-Eval's test); on any other split a file without the answer
+    #: column is refused even without require_answer, since every question would score as unanswered
+    unanswered_splits: tuple[str, ...] = ("test",)
 
     def __post_init__(self) -> None:
         if not 2 <= self.min_options <= self.max_options <= len(ALL_LETTERS):
@@ -202,7 +202,7 @@ class CsvLayout:
             raise DataError(f"{path}: missing {split} file for subject {subject!r}{hint}")
         text = _read_text(path)
         try:
-            return self._rows(csv.reader(io.StringIO(text, newline="")), path, subject)
+            return self._rows(csv.reader(io.StringIO(text, newline="")), path, subject, split)
         except csv.Error as exc:
             raise DataError(f"{path}: malformed CSV ({exc})") from None
 
@@ -218,7 +218,7 @@ class CsvLayout:
                             f"{ALL_LETTERS[0]}-{ALL_LETTERS[self.max_options - 1]} (benchmark=mcq reads any number)")
         return run
 
-    def _rows(self, reader, path: Path, subject: str) -> list[Question]:
+    def _rows(self, reader, path: Path, subject: str, split: str | None = None) -> list[Question]:
         header = next(reader, None)
         if header is None:
             raise DataError(f"{path}: empty file (expected a header row)")
@@ -232,6 +232,9 @@ class CsvLayout:
         answer_col = header.index(self.answer_column) if self.answer_column in header else None
         if answer_col is None and self.require_answer:
             raise DataError(f"{path}:1: header {','.join(header)} lacks the answer column {self.answer_column!r}")
+        if answer_col is None and split is not None and split not in tuple(self.unanswered_splits or ()):
+            raise DataError(f"{path}:1: header {','.join(header)} lacks the answer column {self.answer_column!r} "
+                            f"(the {split} split is scored against its answers)")
         type_col = header.index(self.type_column) if self.type_column and self.type_column in header else None
         out: list[Question] = []
         ids = _Ids()
@@ -399,7 +402,8 @@ class JsonLayout:
             for i, item in enumerate(items):
                 out.append((f"{path}:[{i}]", item))
         else:
-            for n, line in enumerate(text.splitlines(), 1):
+            for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 etc. stay inside a row
+                line = line.removesuffix("\r")
                 if not line.strip():
                     continue
                 try:

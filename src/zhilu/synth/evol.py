@@ -31,6 +31,7 @@ from zhilu.errors import ConfigError, DataError
 from zhilu.synth.evol_prompts import DOMAINS, OPERATIONS, EvolOperation
 from zhilu.synth.filters import EvolFilter, strip_label
 from zhilu.synth.store import Generator, JsonlStore, ResumableGenerator, request_key
+from zhilu.utils.jsonl import iter_lines
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def load_seeds(path: str | Path, format: str = "chat", limit: int | None = None,
     if domain is not None and domain not in DOMAINS:
         raise ConfigError(f"seeds.domain={domain!r}: expected one of {', '.join(DOMAINS)}")
     seeds, seen = [], set()
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in iter_lines(p):
         if not line.strip():
             continue
         try:

@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhilu.data.formats import numbered_rows
 from zhilu.errors import DataError
+from zhilu.utils.jsonl import read_text
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -48,7 +50,7 @@ class Question:
 
 def _from_csv(path: Path) -> list[Question]:
     out = []
-    with path.open(encoding="utf-8-sig", newline="") as fh:
+    with io.StringIO(read_text(path), newline="") as fh:
         reader = csv.DictReader(fh)
         cols = {c.lower(): c for c in reader.fieldnames or [] if c}
         if "question" not in cols:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from zhilu.data.clean import normalize_text
 from zhilu.errors import ConfigError, DataError
 from zhilu.synth.http import RateLimiter, RemoteError, request_json
+from zhilu.utils.jsonl import read_text
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def split_markdown(text: str, source: str, max_chars: int = 400) -> list[Passage
             passages.append(Passage(f"{source}#{len(passages)}", chunk, " / ".join(heads), source))
         body.clear()
 
-    for line in text.splitlines():
+    for line in text.replace("\r\n", "\n").split("\n"):  # not splitlines(): U+2028 etc. stay in their line
         m = _HEADING.match(line)
         if m:
             flush()
@@ -133,7 +134,7 @@ def load_folder(folder: str | Path, max_chars: int = 400, pattern: str = "*.md")
         raise DataError(f"retriever.folder={folder}: not a directory")
     passages: list[Passage] = []
     for f in sorted(root.rglob(pattern)):
-        text = f.read_text(encoding="utf-8")
+        text = read_text(f)
         passages += split_markdown(text, str(f.relative_to(root)), max_chars)
     if not passages:
         raise DataError(f"retriever.folder={folder}: no {pattern} documents with text")

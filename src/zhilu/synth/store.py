@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
 from zhilu.errors import DataError
+from zhilu.utils.jsonl import split_lines
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class JsonlStore:
             log.warning("%s: dropping a torn last line (%d bytes)", self.path, len(raw) - end)
             with self.path.open("r+b") as f:
                 f.truncate(end)
-        for lineno, line in enumerate(raw[:end].decode("utf-8").splitlines(), start=1):
+        for lineno, line in split_lines(raw[:end], self.path):  # \n only: U+2028 in a completion is no line end
             if not line.strip():
                 continue
             try:
