@@ -69,7 +69,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     extra = {"model_path": builder.path, "mode": cfg.mode, "device": str(next(model.parameters()).device)}
     write_outputs(result, out, extra)
-    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    from zhilu.utils.saved_config import config_for_saving
+
+    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(config_for_saving(cfg)), encoding="utf-8")
     s = result.stats
     print(result.table, end="")
     print(f"{s['num_questions']} questions, {s['questions_per_s'] or 0:.1f} questions/s; "

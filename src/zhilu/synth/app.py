@@ -14,7 +14,9 @@ log = logging.getLogger(__name__)
 
 def _save_config(cfg: DictConfig, out_dir: Path, name: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / name).write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    from zhilu.utils.saved_config import config_for_saving
+
+    (out_dir / name).write_text(OmegaConf.to_yaml(config_for_saving(cfg)), encoding="utf-8")
 
 
 def run_evol(cfg: DictConfig) -> dict[str, Any]:

@@ -23,6 +23,9 @@ class RunMetrics(L.Callback):
     and, on a GPU with a known peak (or ``peak_flops`` given), ``perf/mfu``
     (see :mod:`zhilu.train.flops`). ``metrics.json`` is rewritten at every validation and at the
     end, atomically, so a crash leaves the last complete record.
+
+    A resumed run continues the whole run's record: the tokens, training time and wall time so far
+    travel in the checkpoint (this callback's state), and ``resumed_from`` lists the checkpoints.
     """
 
     def __init__(self, output_dir: str, log_every_n_steps: int = 10, peak_flops: float | None = None) -> None:
@@ -38,10 +41,26 @@ class RunMetrics(L.Callback):
         self.tokens = 0
         self.train_time = 0.0
         self._step_t = None
+        self._wall_before = 0.0  # wall time of the run's earlier parts (before the checkpoint resumed from)
+        self._resumed_from: list[str] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        wall = self._wall_before + (time.perf_counter() - self._t0 if self._t0 else 0.0)
+        return {"tokens": self.tokens, "train_time": self.train_time, "wall_time": wall,
+                "resumed_from": list(self._resumed_from)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tokens = int(state.get("tokens", 0))
+        self.train_time = float(state.get("train_time", 0.0))
+        self._wall_before = float(state.get("wall_time", 0.0))
+        self._resumed_from = list(state.get("resumed_from", []))
 
     def on_fit_start(self, trainer, pl_module) -> None:
         reset_peak_memory()
         self._t0 = time.perf_counter()
+        if trainer.ckpt_path:
+            self._resumed_from.append(str(trainer.ckpt_path))
+            self.metrics["resumed_from"] = list(self._resumed_from)
         trainable, total = pl_module.param_counts
         self.metrics.update({"trainable_params": trainable, "total_params": total,
                              "adapter": pl_module.adapter.name,
@@ -107,7 +126,7 @@ class RunMetrics(L.Callback):
         for key, value in trainer.callback_metrics.items():
             if key.startswith("val/") and key != "val/loss":
                 self.metrics[key.replace("/", "_")] = float(value)
-        wall = time.perf_counter() - self._t0 if self._t0 else 0.0
+        wall = self._wall_before + (time.perf_counter() - self._t0 if self._t0 else 0.0)
         self.metrics.update({
             "global_step": trainer.global_step,
             "epoch": trainer.current_epoch,

@@ -27,22 +27,48 @@ def instantiate_dict(cfg: DictConfig | None) -> list:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
-    """``last`` means ``<output_dir>/checkpoints/last.ckpt`` (resume a crashed run in place).
+    """``last`` means ``<output_dir>/checkpoints/last.ckpt`` (resume a crashed run in place) and is
+    refused when there is none; ``last_if_any`` resumes from it when it exists, else starts fresh
+    (a job script that is requeued after a preemption).
 
-    A checkpoint is a file, or a directory for sharded engines (FSDP ``state_dict_type=sharded``:
-    ``last.ckpt/`` with one shard file per rank; DeepSpeed likewise).
+    A checkpoint is a file (a ``torch.save`` zip archive), or a directory for sharded engines (FSDP
+    ``state_dict_type=sharded``: ``last.ckpt/`` with one shard file per rank and ``meta.pt``;
+    DeepSpeed: ``checkpoint/`` and ``latest``). Anything else is refused before a model is built.
     """
+    from zhilu.utils.atomic import recover_dir
+
     if not ckpt_path:
         return None
-    if ckpt_path == "last":
+    if ckpt_path in ("last", "last_if_any"):
         p = Path(output_dir) / "checkpoints" / "last.ckpt"
+        recover_dir(p)  # a kill between a sharded checkpoint's two renames
         if not p.exists():
-            log.warning("ckpt_path=last: no %s yet, starting fresh", p)
+            if ckpt_path == "last":
+                raise ConfigError(f"ckpt_path=last: no checkpoint to resume from at {p} (ckpt_path=last_if_any "
+                                  "starts fresh when there is none)")
+            log.warning("ckpt_path=last_if_any: no %s yet, starting fresh", p)
             return None
+        check_checkpoint(p, ckpt_path)
         return str(p)
     if not Path(ckpt_path).exists():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file or directory")
+    check_checkpoint(Path(ckpt_path), ckpt_path)
     return ckpt_path
+
+
+def check_checkpoint(p: Path, given: str) -> None:
+    """Refuse what cannot be a Lightning checkpoint (without reading the weights)."""
+    import zipfile
+
+    if p.is_dir():
+        if (p / "meta.pt").is_file() or any(p.glob("*.distcp")) or (p / "latest").is_file():
+            return
+        raise ConfigError(f"ckpt_path={given}: {p} is a directory but not a sharded checkpoint "
+                          "(no meta.pt or *.distcp shards)")
+    if not zipfile.is_zipfile(p):
+        size = p.stat().st_size
+        raise ConfigError(f"ckpt_path={given}: {p} is not a checkpoint ({size:,} bytes, not a torch.save archive"
+                          f"{': empty' if size == 0 else '; truncated or another kind of file'})")
 
 
 def build(cfg: DictConfig) -> dict[str, Any]:
@@ -72,14 +98,18 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 # ---- issue 7 (ablations): a failed run is recorded, each run closes its own W&B run ----------
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit one run. A crash leaves ``status: failed`` and the error in ``metrics.json`` (and re-raises);
-    the W&B run is finished either way, so the next job of a multirun opens its own."""
-    try:
-        results = _train(cfg)
-    except BaseException as exc:
-        finish_wandb(record_failure(cfg, exc))
-        raise
-    finish_wandb({})
-    return results
+    the W&B run is finished either way, so the next job of a multirun opens its own. The run dir is
+    locked meanwhile: a second run in it is refused (and records nothing there)."""
+    from zhilu.utils.rundir import run_dir_lock
+
+    with run_dir_lock(cfg.paths.output_dir):
+        try:
+            results = _train(cfg)
+        except BaseException as exc:
+            finish_wandb(record_failure(cfg, exc))
+            raise
+        finish_wandb({})
+        return results
 
 
 def record_failure(cfg: DictConfig, exc: BaseException) -> dict[str, str]:
@@ -101,7 +131,10 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> dict[str, str]:
         except ValueError:
             pass
     metrics.update(record)
-    write_json_atomic(path, metrics)
+    try:
+        write_json_atomic(path, metrics)
+    except OSError as write_error:  # e.g. the disk is full: the run's own error is the one to report
+        log.error("could not record the failure in %s (%s)", path, write_error)
     log.error("run %s: %s (recorded in %s)", record["status"], (record["error"].splitlines() or [""])[0], path)
     return record
 
@@ -152,19 +185,23 @@ def sweep_job_failure(exc: BaseException) -> SweepJobFailed | None:
 
 
 def _train(cfg: DictConfig) -> dict[str, Any]:
+    from zhilu.utils.saved_config import config_for_saving
+
+    output_dir = cfg.paths.output_dir
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)  # before any model is built
     L.seed_everything(cfg.seed, workers=True)
     objs = build(cfg)
     module, datamodule = objs["module"], objs["datamodule"]
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    output_dir = cfg.paths.output_dir
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    saved = config_for_saving(cfg)  # ${oc.env:...} values stay unresolved, secret-named keys masked
+    (Path(output_dir) / "config_resolved.yaml").write_text(OmegaConf.to_yaml(saved), encoding="utf-8")
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams(saved)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics_cb = next((c for c in callbacks if isinstance(c, RunMetrics)), None)
     results: dict[str, Any] = {}

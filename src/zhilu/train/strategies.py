@@ -8,6 +8,7 @@ to install when it is missing. ``gathered(trainer)`` (ZeRO-3) and ``full_state_d
 from __future__ import annotations
 
 import contextlib
+import shutil
 from typing import Any
 
 from lightning.pytorch.strategies import FSDPStrategy
@@ -75,6 +76,35 @@ class ZhiluFSDPStrategy(FSDPStrategy):
     """
 
     _root = None
+
+    def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
+        """Sharded checkpoints are written into ``.<name>.<host>.<pid>.tmp/`` beside the target and committed
+        by rename once every rank's shard and the metadata are complete (``commit_dir``), so a kill or a
+        full disk mid-save leaves the previous ``last.ckpt/`` whole. Full state dicts go through the
+        trainer's ``CheckpointIO`` (``AtomicCheckpointIO``)."""
+        from pathlib import Path
+
+        from zhilu.utils.atomic import _tmp_name, commit_dir, recover_dir, sweep_stale
+
+        if self._state_dict_type != "sharded":
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        tmp = Path(self.broadcast(str(_tmp_name(path))))  # rank 0's name, shared by every rank
+        if self.global_rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            recover_dir(path)
+            sweep_stale(path.parent, path.name)
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.barrier("zhilu_ckpt_prepare")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            self.barrier("zhilu_ckpt_written")
+            if self.global_rank == 0:
+                commit_dir(tmp, path)
+        finally:
+            if self.global_rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.barrier("zhilu_ckpt_committed")
 
     def _setup_model(self, model):
         if self._root is not None and self._root.module is model:

@@ -11,9 +11,13 @@ from typing import Any
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_default), encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_default), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt: no partial file left, the old one stays
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _default(o):

@@ -24,3 +24,12 @@ def wandb_logger(offline: str | bool = "auto", save_dir: str = ".", **kwargs):
         offline = os.environ.get("WANDB_MODE") in ("offline", "disabled") or not wandb_credentials_present()
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(offline=bool(offline), save_dir=save_dir, **kwargs)
+
+
+
+def resumable_csv_logger(save_dir: str, name: str = "csv", version: str | int | None = "", **kwargs):
+    """Lightning's ``CSVLogger`` that keeps the run's history when the run resumes in the same folder
+    (see :class:`KeepHistoryWriter`)."""
+    from zhilu.utils.csv_history import KeepHistoryCSVLogger
+
+    return KeepHistoryCSVLogger(save_dir=save_dir, name=name, version=version, **kwargs)
