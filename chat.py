@@ -21,6 +21,11 @@ def main(cfg: DictConfig) -> None:
 
     from zhilu.chat import ChatSession, SamplingConfig, answer_file, interactive, read_prompts
 
+    from zhilu.utils.io import check_output_file
+
+    prompts = read_prompts(cfg.prompts_file) if cfg.prompts_file else None  # bad input fails before the model loads
+    if prompts is not None:
+        check_output_file(cfg.output, "output")
     torch.manual_seed(cfg.seed)
     builder = instantiate(cfg.model)
     tokenizer = builder.load_tokenizer()
@@ -29,7 +34,7 @@ def main(cfg: DictConfig) -> None:
         model = model.cuda()
     session = ChatSession(model, tokenizer, cfg.system_prompt, SamplingConfig(**cfg.sampling))
     if cfg.prompts_file:
-        n = answer_file(session, read_prompts(cfg.prompts_file), cfg.output)
+        n = answer_file(session, prompts, cfg.output)
         print(f"wrote {n} answers to {cfg.output}")
     else:
         interactive(session)

@@ -218,9 +218,12 @@ def test_peft_under_fsdp_exports_adapter_and_merged_model(peft_run, adapter, dat
 def test_resolve_ckpt_path_accepts_sharded_directories(tmp_path):
     from zhilu.train.run import resolve_ckpt_path
 
-    assert resolve_ckpt_path("last", str(tmp_path)) is None  # nothing yet: start fresh
+    assert resolve_ckpt_path("last_if_any", str(tmp_path)) is None  # nothing yet: start fresh
+    with pytest.raises(ConfigError, match=r"^ckpt_path=last: no checkpoint to resume from at "):
+        resolve_ckpt_path("last", str(tmp_path))  # asked to resume, with nothing to resume from
     sharded = tmp_path / "checkpoints" / "last.ckpt"
     sharded.mkdir(parents=True)
+    (sharded / "meta.pt").write_bytes(b"")  # Lightning's metadata file beside the shards
     assert resolve_ckpt_path("last", str(tmp_path)) == str(sharded)
     assert resolve_ckpt_path(str(sharded), str(tmp_path)) == str(sharded)
     with pytest.raises(ConfigError, match=r"^ckpt_path=\S+/nowhere.ckpt: no such checkpoint file or directory$"):

@@ -15,4 +15,4 @@ torchrun --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$GPUS" \
   --master-addr "${MASTER_ADDR:-127.0.0.1}" --master-port "${MASTER_PORT:-29500}" \
   train.py model=llama3_8b_instruct model.path="$MODEL_PATH" \
   trainer="$STRATEGY" trainer.num_nodes="$NNODES" trainer.devices="$GPUS" \
-  adapter=dora data.packing=true hydra.run.dir="$RUN_DIR" ckpt_path=last "${@:2}"
+  adapter=dora data.packing=true hydra.run.dir="$RUN_DIR" ckpt_path=last_if_any "${@:2}"

@@ -369,6 +369,8 @@ class NearDedup:
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"near_dedup threshold={self.threshold}: expected a value in (0, 1]")
+        if self.ngram < 1 or self.num_perm < 1:  # 0-grams: every row shares the empty shingle
+            raise ConfigError(f"near_dedup ngram={self.ngram}, num_perm={self.num_perm}: expected integers >= 1")
 
     def __call__(self, records):
         from datasketch import MinHash, MinHashLSH
@@ -553,6 +555,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Numbers that would silently remove the wrong rows (``--shingle 0`` makes every row a near-duplicate)."""
+    for name in ("shingle", "num_perm", "leak_ngram", "leak_min_chars", "min_answer_chars", "max_total_chars",
+                 "min_prompt_chars", "max_prompt_chars", "max_answer_chars"):
+        value = getattr(args, name)
+        low = 0 if name in ("leak_min_chars", "min_answer_chars", "min_prompt_chars") else 1
+        if value is not None and value < low:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: expected an integer >= {low}")
+    for name in ("near_threshold", "leak_overlap"):
+        value = getattr(args, name)
+        if not 0.0 < value <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: expected a value in (0, 1]")
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
@@ -566,7 +582,13 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
 def main(argv: Sequence[str] | None = None) -> dict:
     from zhilu.utils.io import write_json_atomic
 
+    from zhilu.utils.io import check_output_file
+
     args = parse_args(argv)
+    check_args(args)
+    out = check_output_file(args.out, "--out")
+    for extra in (".removed.jsonl", ".report.json"):
+        check_output_file(out.with_name(out.name + extra), "--out")
     bad: list[tuple[str, str]] = []
     records: list[Record] = []
     for path in args.inputs:

@@ -66,13 +66,21 @@ def chat_row(row: dict) -> list[Message]:
 def alpaca_row(row: dict) -> list[Message]:
     if not isinstance(row.get("instruction"), str) or not isinstance(row.get("output"), str):
         raise RowError("alpaca rows need string 'instruction' and 'output' fields")
+    for key in ("input", "system"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise RowError(f"'{key}' must be a string (got {type(row[key]).__name__})")
     messages: list[Message] = []
     if row.get("system"):
         messages.append({"role": "system", "content": row["system"]})
-    for pair in row.get("history") or []:
+    history = row.get("history")
+    if history is not None and not isinstance(history, list):
+        raise RowError(f"'history' must be a list of [question, answer] pairs (got {type(history).__name__})")
+    for n, pair in enumerate(history or []):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
             raise RowError("'history' must be a list of [question, answer] pairs")
-        messages += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
+        if not all(isinstance(x, str) for x in pair):  # str(None) would train the text "None"
+            raise RowError(f"history pair {n}: question and answer must be strings (got {pair!r:.80})")
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     prompt = row["instruction"]
     if row.get("input"):
         prompt = f"{prompt}\n{row['input']}" if prompt else row["input"]
@@ -121,6 +129,8 @@ def preference_row(row: dict) -> PreferencePair:
         if not isinstance(value, str) or not value.strip():
             raise RowError(f"'{key}' is missing or empty")
         row[key] = value
+    if row["chosen"].strip() == row["rejected"].strip():
+        raise RowError("'chosen' and 'rejected' are the same answer (a pair teaches nothing)")
     return PreferencePair(prompt, row["chosen"], row["rejected"], {k: row[k] for k in ("category",) if k in row})
 
 

@@ -74,14 +74,28 @@ def resolve_input(entry: Any, where: str) -> ModelInput:
         folder = resolve_model_path(p)
     except ModelPathError as exc:
         raise ModelPathError(str(exc).replace("model.path=", f"{where}=", 1)) from None
+    check_weights(folder, f"{where}={given}", WEIGHT_FILES)
     return ModelInput(given=given, folder=folder, params=params)
+
+
+#: file names that hold a model's (or an adapter's) weights
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_weights(folder: Path, what: str, patterns) -> None:
+    """A folder with a config but no weight file fails here, before any model is read or built."""
+    if not any(any(folder.glob(p)) for p in patterns):
+        raise ModelPathError(f"{what}: no weights in {folder} (expected {' or '.join(patterns)})")
 
 
 def _adapter_input(given: str, p: Path, adapter_cfg: Path, params: dict, where: str) -> ModelInput:
     sibling = p.parent / "merged"
     if (sibling / "config.json").is_file():  # export/adapter of a zhilu run: use export/merged
         log.info("%s=%s: using the merged export %s", where, given, sibling)
+        check_weights(sibling, f"{where}={given}", WEIGHT_FILES)
         return ModelInput(given=given, folder=sibling, params=params)
+    check_weights(p, f"{where}={given}", ADAPTER_WEIGHT_FILES)
     try:
         base = json.loads(adapter_cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -91,7 +105,9 @@ def _adapter_input(given: str, p: Path, adapter_cfg: Path, params: dict, where: 
             f"{where}={given}: a peft adapter whose base ({base or 'not recorded'}) is not a local folder; "
             "pass its run's export dir (export/merged holds the merged model)"
         )
-    return ModelInput(given=given, folder=resolve_model_path(base), adapter=p, params=params)
+    folder = resolve_model_path(base)
+    check_weights(folder, f"{where}={given} (its base)", WEIGHT_FILES)
+    return ModelInput(given=given, folder=folder, adapter=p, params=params)
 
 
 def base_from_run(run_dir: str | Path, cache_dir: str | Path) -> ModelInput:

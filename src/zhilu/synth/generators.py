@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -227,7 +228,8 @@ class OpenAIChatGenerator:
         model: the served model name.
         api_key_env: environment variable holding the API key (sent as a Bearer token when set).
         concurrency: requests in flight at once; requests_per_minute: rate limit (``null``: none).
-        max_retries, backoff_s, max_backoff_s, timeout_s: retry policy (see ``zhilu.synth.http``).
+        max_retries, backoff_s, max_backoff_s: retry policy; timeout_s: the deadline of one completion,
+            retries included (see ``zhilu.synth.http``); max_response_bytes: the largest reply accepted.
         extra_body: more fields for every request (e.g. ``{stop: [...]}``, vLLM's ``top_k``).
     """
 
@@ -237,11 +239,14 @@ class OpenAIChatGenerator:
                  temperature: float = 0.7, top_p: float = 0.9, max_new_tokens: int = 512, concurrency: int = 4,
                  requests_per_minute: float | None = None, timeout_s: float = 120.0, max_retries: int = 5,
                  backoff_s: float = 1.0, max_backoff_s: float = 30.0, top_logprobs: int = 20,
-                 extra_body: Mapping[str, Any] | None = None) -> None:
+                 extra_body: Mapping[str, Any] | None = None, max_response_bytes: int = 64 << 20) -> None:
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"generator.base_url={base_url!r}: expected an http(s):// URL")
         if concurrency < 1:
             raise ConfigError(f"generator.concurrency={concurrency}: expected >= 1")
+        if not timeout_s or timeout_s <= 0 or max_response_bytes < 1 or max_retries < 0:
+            raise ConfigError(f"generator.timeout_s={timeout_s}, max_response_bytes={max_response_bytes}, "
+                              f"max_retries={max_retries}: expected timeout_s > 0, max_response_bytes >= 1, max_retries >= 0")
         base = base_url.rstrip("/")
         self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
         self.model = model
@@ -250,7 +255,8 @@ class OpenAIChatGenerator:
         self.concurrency = concurrency
         self.limiter = RateLimiter(requests_per_minute)
         self.retry = {"timeout_s": timeout_s, "max_retries": max_retries, "backoff_s": backoff_s,
-                      "max_backoff_s": max_backoff_s}
+                      "max_backoff_s": max_backoff_s, "max_bytes": max_response_bytes}
+        self._cancel = threading.Event()  # set by _map when a request fails for good: the others stop at once
         self.top_logprobs = top_logprobs
         self.extra_body = dict(extra_body or {})
 
@@ -267,7 +273,7 @@ class OpenAIChatGenerator:
         payload = {"model": self.model, "messages": list(messages), "temperature": self.temperature,
                    "top_p": self.top_p, "max_tokens": self.max_new_tokens, **self.extra_body, **params}
         reply = request_json(self.url, payload, self._headers(), limiter=self.limiter, what="chat completion",
-                             **self.retry)
+                             cancel=self._cancel, **self.retry)
         try:
             choice = reply["choices"][0]
             if not isinstance(choice["message"]["content"], (str, type(None))):
@@ -279,12 +285,16 @@ class OpenAIChatGenerator:
 
     def _map(self, prompts: Sequence[Messages], fn) -> Iterator[tuple[int, Any]]:
         """Run ``fn(messages)`` over ``prompts`` with ``concurrency`` threads, yielding results as they
-        finish. After a failure nothing new is sent, the requests in flight are waited for (their
-        results still yielded, so they can be saved), then the first error is raised."""
+        finish. After a failure nothing new is sent and the requests in flight are cancelled (their
+        sockets closed: a fatal HTTP 400 ends the run at once, not after the others' time-outs); results
+        that arrived meanwhile are still yielded (so they can be saved), then the first error is raised."""
+        from zhilu.synth.http import Cancelled
+
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
         pending: dict[Future, int] = {}
         todo = iter(enumerate(prompts))
         error: BaseException | None = None
+        self._cancel.clear()
         try:
             for i, m in todo:
                 pending[pool.submit(fn, m)] = i
@@ -295,13 +305,17 @@ class OpenAIChatGenerator:
                 for fut in done:
                     i = pending.pop(fut)
                     if fut.exception() is not None:
-                        error = error or fut.exception()
+                        if not isinstance(fut.exception(), Cancelled) or error is None:
+                            error = error or fut.exception()
+                        self._cancel.set()
                         continue
                     yield i, fut.result()
                     nxt = next(todo, None) if error is None else None
                     if nxt is not None:
                         pending[pool.submit(fn, nxt[1])] = nxt[0]
         finally:
+            if pending:  # left early (an error, or the caller stopped): end the requests still in flight
+                self._cancel.set()
             pool.shutdown(wait=False, cancel_futures=True)
         if error is not None:
             raise error

@@ -190,7 +190,8 @@ class HTTPRetriever:
                  top_k: int = 3, results_path: str = "results", text_field: str = "text", title_field: str = "title",
                  id_field: str = "id", score_field: str = "score", headers: Mapping[str, str] | None = None,
                  requests_per_minute: float | None = None, timeout_s: float = 30.0, max_retries: int = 3,
-                 backoff_s: float = 1.0) -> None:
+                 backoff_s: float = 1.0, headers_from_env: Mapping[str, str] | None = None,
+                 max_response_bytes: int = 16 << 20) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"retriever.url={url!r}: expected an http(s):// URL")
         if method not in ("GET", "POST"):
@@ -200,18 +201,35 @@ class HTTPRetriever:
         self.results_path = results_path
         self.fields = {"text": text_field, "title": title_field, "id": id_field, "score": score_field}
         self.headers = dict(headers or {})
+        # e.g. {Authorization: "Bearer $SEARCH_API_KEY"}: $NAME is read from the environment at each call,
+        # so the key is never part of the config (nor of the saved copy of it)
+        self.headers_from_env = {str(k): str(v) for k, v in (headers_from_env or {}).items()}
         self.limiter = RateLimiter(requests_per_minute)
-        self.retry = {"timeout_s": timeout_s, "max_retries": max_retries, "backoff_s": backoff_s}
+        self.retry = {"timeout_s": timeout_s, "max_retries": max_retries, "backoff_s": backoff_s,
+                      "max_bytes": max_response_bytes}
+
+    def _headers(self) -> dict[str, str]:
+        import os
+        import string
+
+        out = dict(self.headers)
+        for name, template in self.headers_from_env.items():
+            try:
+                out[name] = string.Template(template).substitute(os.environ)
+            except KeyError as exc:
+                raise ConfigError(f"retriever.headers_from_env.{name}: environment variable {exc.args[0]} is not set"
+                                  ) from None
+        return out
 
     def search(self, query: str, top_k: int | None = None) -> list[Passage]:
         k = top_k or self.top_k
         params = {self.query_param: query, **({self.top_k_param: k} if self.top_k_param else {})}
         if self.method == "GET":
             sep = "&" if "?" in self.url else "?"
-            reply = request_json(self.url + sep + urllib.parse.urlencode(params), None, self.headers,
+            reply = request_json(self.url + sep + urllib.parse.urlencode(params), None, self._headers(),
                                  limiter=self.limiter, what="search", **self.retry)
         else:
-            reply = request_json(self.url, params, self.headers, limiter=self.limiter, what="search", **self.retry)
+            reply = request_json(self.url, params, self._headers(), limiter=self.limiter, what="search", **self.retry)
         try:
             hits = _dig(reply, self.results_path)
         except (KeyError, IndexError, TypeError, ValueError):

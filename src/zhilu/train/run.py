@@ -73,6 +73,9 @@ def check_checkpoint(p: Path, given: str) -> None:
 
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Every object of a run, built but not run (also used by the tests that compose configs)."""
+    from zhilu.train.checks import check_numbers
+
+    check_numbers(cfg)
     builder = instantiate(cfg.model)
     tokenizer = builder.load_tokenizer()
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)

@@ -20,6 +20,21 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         raise
 
 
+def check_output_file(path: str | Path, key: str) -> Path:
+    """An output file path that can be written: not a directory, no file where its folder should be."""
+    from zhilu.errors import ConfigError
+
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{key}={path}: is a directory (expected a file name)")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{key}={path}: {parent} is a file, not a directory")
+            break
+    return p
+
+
 def _default(o):
     if hasattr(o, "item"):
         return o.item()
