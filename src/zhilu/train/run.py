@@ -192,9 +192,11 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
 
     output_dir = cfg.paths.output_dir
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)  # before any model is built
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    log.info("seed %s", cfg.seed)
     objs = build(cfg)
     module, datamodule = objs["module"], objs["datamodule"]
+    datamodule.setup("fit")  # read and check the data now: a bad row stops the run before a trainer or model exists
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

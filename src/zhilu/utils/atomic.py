@@ -79,7 +79,7 @@ def fsync_dir(folder: str | Path) -> None:
 
 def space_error(path: Path, need: int, free: int | None = None, at_least: bool = False) -> CheckpointSpaceError:
     free = free_bytes(path.parent) if free is None else free
-    kept = f"the previous {path.name} is kept" if path.exists() else f"no earlier {path.name} exists"
+    kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written, earlier files are untouched"
     return CheckpointSpaceError(
         f"checkpoint {path}: not enough disk space in {path.parent} (needs {'over' if at_least else 'about'} "
         f"{need / MB:,.1f} MB, "
