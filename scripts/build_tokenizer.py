@@ -11,7 +11,6 @@ same tokenizer.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from zhilu.model.chat_template import (  # noqa: E402
     PAD,
     SPECIAL_TOKENS,
 )
+from zhilu.utils.jsonl import iter_jsonl  # noqa: E402
 
 # Llama-3's pre-tokenizer split pattern (from its tokenizer.json).
 LLAMA3_SPLIT = (
@@ -40,8 +40,9 @@ def corpus_lines(data_dir: Path):
     """Every text field of the project's own data, in a fixed order."""
     for path in sorted(data_dir.rglob("*")):
         if path.suffix == ".jsonl":
-            for line in path.read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
+            for _, row, err in iter_jsonl(path):  # lines end at \n only (U+2028 stays inside its row)
+                if err is not None:
+                    raise SystemExit(f"error: {path}: {err}")
                 yield from _strings(row)
         elif path.suffix in {".md", ".txt"}:
             yield from path.read_text(encoding="utf-8").splitlines()

@@ -20,8 +20,8 @@ import torch
 
 from tests.conftest import ROOT
 from tests.helpers.failing_io import HalfThenFail
-from zhilu.train.checkpoint_io import (AtomicCheckpointIO, CheckpointSpaceError, atomic_write, commit_dir,
-                                       recover_dir, sweep_stale, tensor_bytes)
+from zhilu.train.checkpoint_io import AtomicCheckpointIO, CheckpointSpaceError
+from zhilu.utils.atomic import atomic_write, commit_dir, recover_dir, sweep_stale, tensor_bytes
 
 
 @contextlib.contextmanager

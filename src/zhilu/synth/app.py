@@ -20,6 +20,13 @@ def _save_config(cfg: DictConfig, out_dir: Path, name: str) -> None:
 
 
 def run_evol(cfg: DictConfig) -> dict[str, Any]:
+    from zhilu.utils.rundir import run_dir_lock
+
+    with run_dir_lock(cfg.out_dir):  # two runs appending to one resumable store would interleave it
+        return _run_evol(cfg)
+
+
+def _run_evol(cfg: DictConfig) -> dict[str, Any]:
     from zhilu.synth.evol import Evolver, format_report
 
     out_dir = Path(cfg.out_dir)
@@ -34,6 +41,13 @@ def run_evol(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_self_evolve(cfg: DictConfig) -> dict[str, Any]:
+    from zhilu.utils.rundir import run_dir_lock
+
+    with run_dir_lock(cfg.out_dir):
+        return _run_self_evolve(cfg)
+
+
+def _run_self_evolve(cfg: DictConfig) -> dict[str, Any]:
     from zhilu.synth.self_evolve import format_report
 
     out_dir = Path(cfg.out_dir)

@@ -16,8 +16,9 @@ from typing import Any, BinaryIO
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from zhilu.utils.atomic import (OVERHEAD_BYTES, CheckpointSpaceError, atomic_write, commit_dir,  # noqa: F401
-                                recover_dir, sweep_stale, tensor_bytes)
+from zhilu.utils.atomic import OVERHEAD_BYTES, CheckpointSpaceError, atomic_write, tensor_bytes
+
+__all__ = ["AtomicCheckpointIO", "CheckpointSpaceError"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

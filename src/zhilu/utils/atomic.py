@@ -77,11 +77,12 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
-def space_error(path: Path, need: int, free: int | None = None, at_least: bool = False) -> CheckpointSpaceError:
+def space_error(path: Path, need: int, free: int | None = None, at_least: bool = False,
+                what: str = "checkpoint") -> CheckpointSpaceError:
     free = free_bytes(path.parent) if free is None else free
     kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written, earlier files are untouched"
     return CheckpointSpaceError(
-        f"checkpoint {path}: not enough disk space in {path.parent} (needs {'over' if at_least else 'about'} "
+        f"{what} {path}: not enough disk space in {path.parent} (needs {'over' if at_least else 'about'} "
         f"{need / MB:,.1f} MB, "
         f"{free / MB:,.1f} MB free; free {max(need - free, 0) / MB:,.1f} MB more); {kept}"
     )
@@ -148,7 +149,7 @@ def _open_unnamed(folder: Path, probe: Path) -> int | None:
     return fd
 
 
-def atomic_write(path: str | Path, write, need: int | None = None) -> None:
+def atomic_write(path: str | Path, write, need: int | None = None, what: str = "checkpoint") -> None:
     """Create or replace ``path`` with what ``write(fileobj)`` writes, all or nothing.
 
     ``need``: bytes expected (checked against the free space first). The previous file stays valid
@@ -163,7 +164,7 @@ def atomic_write(path: str | Path, write, need: int | None = None) -> None:
     if need is not None:
         free = free_bytes(folder)
         if need > free:
-            raise space_error(path, need, free)
+            raise space_error(path, need, free, what=what)
     tmp = _tmp_name(path)
     fd = _open_unnamed(folder, tmp)
     named = fd is None  # O_TMPFILE not supported by this filesystem: a named temp file
@@ -190,7 +191,8 @@ def atomic_write(path: str | Path, write, need: int | None = None) -> None:
         cause = sink.error if sink is not None and sink.error is not None else exc
         if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
             written = sink.written if sink is not None else 0
-            raise space_error(path, max(need or 0, written), at_least=need is None or written > need) from exc
+            raise space_error(path, max(need or 0, written), at_least=need is None or written > need,
+                              what=what) from exc
         raise
 
 

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_default), encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:  # a full disk or an interrupt: no partial file left, the old one stays
-        tmp.unlink(missing_ok=True)
-        raise
+    """Replace ``path`` with ``obj`` as JSON, all or nothing (see :func:`zhilu.utils.atomic.atomic_write`:
+    a kill or a full disk leaves the previous file and no temp file)."""
+    from zhilu.utils.atomic import atomic_write
+
+    data = json.dumps(obj, indent=2, ensure_ascii=False, default=_default).encode("utf-8")
+    atomic_write(path, lambda f: f.write(data), need=len(data), what="file")
 
 
 def check_output_file(path: str | Path, key: str) -> Path:
