@@ -39,7 +39,7 @@ def _train(run_dir: Path, data_dir: Path, *overrides: str) -> dict:
     cmd = [sys.executable, str(ROOT / "train.py"), "trainer.accelerator=cpu", "trainer.devices=2",
            "trainer.precision=32-true", "debug=fast", f"trainer.max_steps={STEPS}", f"paths.data_dir={data_dir}",
            f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false", *model, *overrides]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))  # this checkout's source
     r = subprocess.run(cmd, cwd=run_dir.parent, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
     return json.loads((run_dir / "metrics.json").read_text())

@@ -58,9 +58,6 @@ class RunMetrics(L.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         reset_peak_memory()
         self._t0 = time.perf_counter()
-        if trainer.ckpt_path:
-            self._resumed_from.append(str(trainer.ckpt_path))
-            self.metrics["resumed_from"] = list(self._resumed_from)
         trainable, total = pl_module.param_counts
         self.metrics.update({"trainable_params": trainable, "total_params": total,
                              "adapter": pl_module.adapter.name,
@@ -90,6 +87,12 @@ class RunMetrics(L.Callback):
                             "attn_width": cfg.num_attention_heads * head_dim,
                             "n_trainable": None if trainable >= n else trainable}
         self.metrics["peak_flops"] = self.peak
+    def on_train_start(self, trainer, pl_module) -> None:
+        # after the checkpoint is restored, whichever strategy (FSDP restores after on_fit_start)
+        if trainer.ckpt_path:
+            self._resumed_from.append(str(trainer.ckpt_path))
+            self.metrics["resumed_from"] = list(self._resumed_from)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._window_t is None:
             self._window_t = time.perf_counter()
