@@ -87,6 +87,7 @@ class RunMetrics(L.Callback):
                             "attn_width": cfg.num_attention_heads * head_dim,
                             "n_trainable": None if trainable >= n else trainable}
         self.metrics["peak_flops"] = self.peak
+
     def on_train_start(self, trainer, pl_module) -> None:
         # after the checkpoint is restored, whichever strategy (FSDP restores after on_fit_start)
         if trainer.ckpt_path:
