@@ -166,3 +166,38 @@ def test_sharded_directories_are_committed_by_rename(tmp_path):
 def test_tensor_bytes_counts_shared_storage_once():
     w = torch.zeros(10)
     assert tensor_bytes({"a": w, "b": [w[:5], torch.zeros(3, dtype=torch.float64)], "c": 1}) == 40 + 24
+
+
+class OneRank:
+    """The strategy interface save_directory_checkpoint uses, for one process."""
+
+    global_rank = 0
+
+    def broadcast(self, obj):
+        return obj
+
+    def barrier(self, name=None):
+        pass
+
+
+def test_sharded_saves_commit_a_complete_directory_or_nothing(tmp_path):
+    from zhilu.train.strategies import save_directory_checkpoint
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+
+    def shards(step, fail=False):
+        def write(tmp):
+            tmp.mkdir(parents=True)
+            (tmp / "__0_0.distcp").write_bytes(b"shard %d" % step)
+            if fail:  # a full disk or an error half-way: meta.pt never written
+                raise OSError(28, "No space left on device")
+            (tmp / "meta.pt").write_bytes(b"meta %d" % step)
+        return write
+
+    save_directory_checkpoint(OneRank(), shards(2), path)
+    with pytest.raises(OSError, match="No space"):
+        save_directory_checkpoint(OneRank(), shards(4, fail=True), path)
+    assert sorted(os.listdir(path.parent)) == ["last.ckpt"]  # no temp folder left
+    assert (path / "meta.pt").read_bytes() == b"meta 2" and (path / "__0_0.distcp").read_bytes() == b"shard 2"
+    save_directory_checkpoint(OneRank(), shards(6), path)
+    assert (path / "meta.pt").read_bytes() == b"meta 6" and sorted(os.listdir(path.parent)) == ["last.ckpt"]

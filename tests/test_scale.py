@@ -94,7 +94,7 @@ def test_fsdp_config_wraps_llama_decoder_layers(tmp_path):
 
 def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path, sft_dir):
     model = [f"model.config.{k}={v}" for k, v in TINY.items()]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))  # this checkout's source
     r = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
          "trainer.precision=32-true", "adapter=full", "trainer.max_steps=3", "debug=fast",

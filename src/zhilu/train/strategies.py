@@ -11,7 +11,7 @@ import contextlib
 import shutil
 from typing import Any
 
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
 from zhilu.errors import ConfigError
 
@@ -27,10 +27,17 @@ def deepspeed(stage: int = 2, offload_optimizer: bool = False, offload_parameter
         raise ConfigError(f"trainer.strategy.stage={stage}: DeepSpeed ZeRO stages are 1, 2 and 3")
     if offload_parameters and stage != 3:
         raise ConfigError("trainer.strategy.offload_parameters needs ZeRO stage 3")
-    from lightning.pytorch.strategies import DeepSpeedStrategy
+    return ZhiluDeepSpeedStrategy(stage=stage, offload_optimizer=offload_optimizer,
+                                  offload_parameters=offload_parameters, **kwargs)
 
-    return DeepSpeedStrategy(stage=stage, offload_optimizer=offload_optimizer,
-                             offload_parameters=offload_parameters, **kwargs)
+
+class ZhiluDeepSpeedStrategy(DeepSpeedStrategy):
+    """Lightning's ``DeepSpeedStrategy`` whose checkpoint directories are committed by rename
+    (:func:`save_directory_checkpoint`), like FSDP's sharded ones."""
+
+    def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
+        save_directory_checkpoint(self, lambda tmp: super(ZhiluDeepSpeedStrategy, self).save_checkpoint(
+            checkpoint, tmp, storage_options), filepath)
 
 
 def decoder_layer_classes() -> set[type]:
@@ -78,33 +85,12 @@ class ZhiluFSDPStrategy(FSDPStrategy):
     _root = None
 
     def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
-        """Sharded checkpoints are written into ``.<name>.<host>.<pid>.tmp/`` beside the target and committed
-        by rename once every rank's shard and the metadata are complete (``commit_dir``), so a kill or a
-        full disk mid-save leaves the previous ``last.ckpt/`` whole. Full state dicts go through the
-        trainer's ``CheckpointIO`` (``AtomicCheckpointIO``)."""
-        from pathlib import Path
-
-        from zhilu.utils.atomic import _tmp_name, commit_dir, recover_dir, sweep_stale
-
+        """Sharded checkpoints (directories) are committed by rename (:func:`save_directory_checkpoint`);
+        full state dicts go through the trainer's ``CheckpointIO`` (``AtomicCheckpointIO``)."""
         if self._state_dict_type != "sharded":
             return super().save_checkpoint(checkpoint, filepath, storage_options)
-        path = Path(self.broadcast(str(filepath)))
-        tmp = Path(self.broadcast(str(_tmp_name(path))))  # rank 0's name, shared by every rank
-        if self.global_rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            recover_dir(path)
-            sweep_stale(path.parent, path.name)
-            shutil.rmtree(tmp, ignore_errors=True)
-        self.barrier("zhilu_ckpt_prepare")
-        try:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            self.barrier("zhilu_ckpt_written")
-            if self.global_rank == 0:
-                commit_dir(tmp, path)
-        finally:
-            if self.global_rank == 0:
-                shutil.rmtree(tmp, ignore_errors=True)
-        self.barrier("zhilu_ckpt_committed")
+        save_directory_checkpoint(self, lambda tmp: super(ZhiluFSDPStrategy, self).save_checkpoint(
+            checkpoint, tmp, storage_options), filepath)
 
     def _setup_model(self, model):
         if self._root is not None and self._root.module is model:
@@ -126,6 +112,34 @@ class ZhiluFSDPStrategy(FSDPStrategy):
             model = super()._setup_model(model)
         self._root = model
         return model
+
+
+def save_directory_checkpoint(strategy: Any, write, filepath) -> None:
+    """Write a checkpoint directory with ``write(tmp)`` (every rank, a collective) into
+    ``.<name>.<host>.<pid>.tmp/`` beside ``filepath``, then commit it by rename on rank 0 once every
+    rank's shard and the metadata are complete (:func:`zhilu.utils.atomic.commit_dir`): a kill or a
+    full disk mid-save leaves the previous ``last.ckpt/`` whole, and a failed save leaves no temp folder."""
+    from pathlib import Path
+
+    from zhilu.utils.atomic import _tmp_name, commit_dir, recover_dir, sweep_stale
+
+    path = Path(strategy.broadcast(str(filepath)))
+    tmp = Path(strategy.broadcast(str(_tmp_name(path))))  # rank 0's name, shared by every rank
+    if strategy.global_rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(path)
+        sweep_stale(path.parent, path.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+    strategy.barrier("zhilu_ckpt_prepare")
+    try:
+        write(tmp)
+        strategy.barrier("zhilu_ckpt_written")
+        if strategy.global_rank == 0:
+            commit_dir(tmp, path)
+    finally:
+        if strategy.global_rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+    strategy.barrier("zhilu_ckpt_committed")
 
 
 def sharded_checkpoints(strategy: Any) -> bool:
