@@ -241,6 +241,6 @@ def test_default_is_chunked_by_budget(model_and_batch):
     vocab = model.config.vocab_size
     _, saved = saved_activations(lambda: label_logps(model, batch), model.parameters())
     assert not [s.shape for s in saved if vocab in s.shape]
-    assert SFT().loss_impl == DPO().loss_impl == "auto" and SFT().logits_budget_mb == 256
+    assert SFT().loss_impl == DPO().loss_impl == "auto" and SFT().logits_budget_mb == 64
     with pytest.raises(ConfigError, match="objective.logits_budget_mb=0"):
         SFT(logits_budget_mb=0)
