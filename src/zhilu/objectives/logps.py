@@ -172,43 +172,46 @@ def budget_chunk(vocab_size: int, logits_budget_mb: float) -> int:
 class ChunkedHeadLogps(torch.autograd.Function):
     """``log_softmax(h W^T + b)[target]`` a chunk of tokens at a time; no ``[N, vocab]`` tensor is kept.
 
-    Saved for backward: ``h``, the targets, each token's log-sum-exp, and, when only ``h`` needs a
-    gradient (the LM head frozen, as under LoRA/DoRA), the expected output embedding
-    ``E = softmax(h W^T) W`` ([N, hidden]), so that ``d logp / dh = W[target] - E`` needs no second pass
-    over the vocabulary. When ``W`` (or ``b``) trains, the backward recomputes each chunk's logits once.
-    Gradients are those of the plain path: ``dL/dlogits = g (onehot(target) - softmax)``.
+    ``d logp / d logits = onehot(target) - softmax``. When only ``h`` needs a gradient (the LM head
+    frozen, as under LoRA/DoRA), the forward pass multiplies that by ``W`` chunk by chunk and keeps
+    ``D = (onehot - softmax) W`` ([N, hidden], cast to the head's dtype before the product, as the
+    plain path's backward does); the backward is then ``g * D``, with no second pass over the
+    vocabulary. When ``W`` (or ``b``) trains, the forward keeps only ``h`` and each token's
+    log-sum-exp, and the backward recomputes each chunk's logits once.
     """
 
     @staticmethod
     def forward(ctx, h, weight, bias, target, chunk: int, need_h: bool, need_w: bool):
         n = h.shape[0]
         logps = torch.empty(n, dtype=torch.float32, device=h.device)
-        lse = torch.empty(n, dtype=torch.float32, device=h.device)
-        expected = torch.empty_like(h) if need_h and not need_w else None
+        lse = torch.empty(n, dtype=torch.float32, device=h.device) if need_w else None
+        dlogp_dh = torch.empty_like(h) if need_h and not need_w else None
+        rows = torch.arange(min(chunk, n), device=h.device)
         for s in range(0, n, chunk):
             logits = F.linear(h[s : s + chunk], weight, bias).float()
             t_c = target[s : s + chunk]
             nll = F.cross_entropy(logits, t_c, reduction="none")  # the plain path's kernel, row by row
             logps[s : s + chunk] = -nll
             lse_c = logits.gather(1, t_c[:, None]).squeeze(1) + nll
-            lse[s : s + chunk] = lse_c
-            if expected is not None:
-                probs = logits.sub_(lse_c[:, None]).exp_()
-                expected[s : s + chunk] = probs.to(weight.dtype) @ weight
+            if lse is not None:
+                lse[s : s + chunk] = lse_c
+            if dlogp_dh is not None:
+                d_logits = logits.sub_(lse_c[:, None]).exp_().neg_()  # -softmax, in place
+                d_logits[rows[: t_c.shape[0]], t_c] += 1.0
+                dlogp_dh[s : s + chunk] = d_logits.to(weight.dtype) @ weight
             del logits
         ctx.chunk = chunk
-        ctx.save_for_backward(h, weight, bias, target, lse, expected)
+        ctx.save_for_backward(h if need_w else None, weight if need_w else None, bias if need_w else None,
+                              target if need_w else None, lse, dlogp_dh)
         return logps
 
     @staticmethod
     def backward(ctx, grad_logps):
-        h, weight, bias, target, lse, expected = ctx.saved_tensors
+        h, weight, bias, target, lse, dlogp_dh = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         g = grad_logps.float()
-        grad_h = grad_w = grad_b = None
-        if expected is not None and not (need_w or need_b):
-            grad_h = g[:, None].to(h.dtype) * (weight[target] - expected) if need_h else None
-            return grad_h, None, None, None, None, None, None
+        if dlogp_dh is not None:  # head frozen: everything was done in the forward pass
+            return (g[:, None] * dlogp_dh).to(dlogp_dh.dtype) if need_h else None, None, None, None, None, None, None
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
