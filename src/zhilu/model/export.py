@@ -14,7 +14,8 @@ goes through here:
 - Tokenizer: when training left it as loaded, the base folder's tokenizer and generation files are
   copied byte for byte; otherwise (or when the source is itself in a transformers-5-only format) a
   ``PreTrainedTokenizerFast`` layout is written that transformers 4.40+ and 5.x both load (chat
-  template inside ``tokenizer_config.json``, ``special_tokens_map.json``, ``added_tokens_decoder``).
+  template inside ``tokenizer_config.json`` for 4.4x and in ``chat_template.jinja``,
+  ``special_tokens_map.json``, ``added_tokens_decoder``).
 - peft adapters: ``adapter_config.json`` without the fields that hold their default value (newer
   peft releases write dozens, which older ones reject as unknown); a field set to anything else is
   kept, so an adapter that needs a newer peft says so when loaded by an older one.
@@ -201,7 +202,9 @@ def write_portable_tokenizer(tokenizer, folder: Path, same_as: Path | None = Non
     smap = dict(specials, **({"additional_special_tokens": extra} if extra else {}))
     (folder / "special_tokens_map.json").write_text(json.dumps(smap, indent=2, ensure_ascii=False) + "\n",
                                                     encoding="utf-8")
-    for stale in ("chat_template.jinja", "tokenizer.model", "added_tokens.json"):
+    if isinstance(tokenizer.chat_template, str):  # transformers >= 4.50 and 5.x read this file first
+        (folder / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
+    for stale in ("tokenizer.model", "added_tokens.json"):
         (folder / stale).unlink(missing_ok=True)
 
 
