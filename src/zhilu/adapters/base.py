@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Callable, ContextManager, Iterable
 
 import torch
 from torch import nn
+
+from zhilu.model.export import link_into, save_hf_model  # noqa: F401 - the adapters' export helpers
 
 log = logging.getLogger(__name__)
 
@@ -74,40 +74,13 @@ class Adapter:
         return model.state_dict()
 
     # --------------------------------------------------------------- export
-    def export(self, model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
-        """Write ``out_dir/merged`` (a full HF model + tokenizer); return it."""
+    def export(self, model: nn.Module, tokenizer, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``out_dir/merged`` (a full HF model + tokenizer, weights in ``dtype``); return it."""
         out = Path(out_dir)
         merged = out / "merged"
-        save_hf_model(model, merged, tokenizer)
+        save_hf_model(model, merged, tokenizer, dtype=dtype)
         link_into(merged, out)
         return merged
-
-
-def save_hf_model(model: nn.Module, folder: Path, tokenizer, state_dict: dict | None = None) -> None:
-    """Save atomically: write to ``folder.tmp`` then rename, so a crash leaves no half model."""
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-
-
-def link_into(src: Path, dst: Path) -> None:
-    """Hard-link ``src``'s files into ``dst`` so ``dst`` itself loads as a HF model (no extra disk)."""
-    for f in Path(src).iterdir():
-        if not f.is_file():
-            continue
-        target = Path(dst) / f.name
-        if target.exists() or target.is_symlink():
-            target.unlink()
-        try:
-            os.link(f, target)
-        except OSError:
-            shutil.copy2(f, target)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from zhilu.adapters.base import Adapter, is_no_decay, link_into, save_hf_model
+from zhilu.model.export import save_peft_adapter
 from zhilu.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -116,15 +117,12 @@ class LoRA(Adapter):
             model.unmerge_adapter()
         return out
 
-    def export(self, model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
+    def export(self, model: nn.Module, tokenizer, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
         out = Path(out_dir)
-        adapter_dir = out / "adapter"
         out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(adapter_dir))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(adapter_dir))
+        save_peft_adapter(model, out / "adapter", tokenizer)
         merged = out / "merged"
-        save_hf_model(model.get_base_model(), merged, tokenizer, state_dict=self.base_state_dict(model))
+        save_hf_model(model.get_base_model(), merged, tokenizer, state_dict=self.base_state_dict(model), dtype=dtype)
         link_into(merged, out)
         return merged
 

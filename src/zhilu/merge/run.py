@@ -2,7 +2,9 @@
 
 :func:`plan_merge` does every check and writes nothing; :func:`run_plan` writes the merged
 Hugging Face model (weights, config, tokenizer, generation config) and ``merge_config.yaml``,
-which ``mergekit-yaml merge_config.yaml OUT`` turns into the same tensors.
+which ``mergekit-yaml merge_config.yaml OUT`` turns into the same tensors. The folder is then put
+in the layout of :mod:`zhilu.model.export` (the base's tokenizer files verbatim, a config.json
+that transformers 4.x and other tools read the same way).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import yaml
 from zhilu.errors import ConfigError
 from zhilu.merge.inputs import ModelInput, base_from_run, check_compatible, resolve_input
 from zhilu.merge.methods import MergeMethod
+from zhilu.model.export import make_portable
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +167,8 @@ def run_plan(plan: MergePlan) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     options = MergeOptions(**plan.options)
     run_merge(merge_config, str(tmp), options=options, config_source=text)
+    # the layout every tool reads (zhilu.model.export): flat rope_theta, use_cache, the base's tokenizer files
+    make_portable(tmp, (plan.base or plan.models[0]).folder if options.copy_tokenizer else None)
     (tmp / CONFIG_NAME).write_text(text, encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

@@ -130,6 +130,20 @@ class ModelBuilder:
         if attn_implementation not in ATTN_CHOICES:
             pick_attn_implementation(attn_implementation)
 
+    def base_dtype(self) -> torch.dtype:
+        """The dtype the base weights are stored in (``model.path``'s config.json), else the built one.
+
+        An export keeps it by default (``export.dtype``): a bf16 checkpoint fine-tuned in fp32 on a CPU
+        is exported in bf16, the embedded default in the dtype it was built in (fp32 on a CPU).
+        """
+        from zhilu.model.export import saved_dtype
+
+        if self.path is not None:
+            stored = saved_dtype(resolve_model_path(self.path))
+            if stored is not None:
+                return stored
+        return pick_dtype(self.dtype)
+
     # ---------------------------------------------------------------- tokenizer
     def load_tokenizer(self):
         from transformers import AutoTokenizer

@@ -43,7 +43,7 @@ from torch import nn
 from zhilu.data.encode import Example
 from zhilu.errors import ConfigError, DataError
 from zhilu.objectives.base import Objective
-from zhilu.objectives.logps import label_logps
+from zhilu.objectives.logps import DEFAULT_LOGITS_BUDGET_MB, budget_chunk, label_logps
 from zhilu.objectives.preference_losses import LOSS_TYPES
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class DPO(Objective):
         precompute_ref: compute reference log-probs once at fit start, cache them in the run dir
             and keep no reference model while training.
         ref_batch_size: pairs per batch for the precomputation (default: ``data.eval_batch_size``).
-        loss_impl, chunk_size: how label log-probs are computed (see :func:`label_logps`).
+        loss_impl, logits_budget_mb, chunk_size: how label log-probs are computed (see :func:`label_logps`).
     """
 
     data_kind = "preference"
@@ -115,8 +115,10 @@ class DPO(Objective):
         precompute_ref: bool = False,
         ref_batch_size: int | None = None,
         loss_impl: str = "auto",
-        chunk_size: int = 2048,
+        logits_budget_mb: float = DEFAULT_LOGITS_BUDGET_MB,
+        chunk_size: int | None = None,
     ) -> None:
+        budget_chunk(1, logits_budget_mb)  # validate at instantiation
         if loss_type not in LOSS_TYPES:
             raise ConfigError(f"objective.loss_type={loss_type!r}: expected one of {', '.join(LOSS_TYPES)}")
         spec = LOSS_TYPES[loss_type]
@@ -144,6 +146,7 @@ class DPO(Objective):
         self.ref_batch_size = ref_batch_size
         self.loss_impl = loss_impl
         self.chunk_size = chunk_size
+        self.logits_budget_mb = logits_budget_mb
         self.ref_model: nn.Module | None = None  # the frozen copy, when one is needed
         self.ref_cache: dict[str, dict[str, torch.Tensor]] = {}
         self.ref_cache_path: Path | None = None
@@ -171,7 +174,7 @@ class DPO(Objective):
             self._precompute(module)
 
     def _logps(self, model: nn.Module, batch: dict) -> SeqLogps:
-        lp = label_logps(model, batch, self.loss_impl, self.chunk_size)
+        lp = label_logps(model, batch, self.loss_impl, self.chunk_size, self.logits_budget_mb)
         return lp.seq_logps, lp.seq_counts
 
     def _disabled_reference(self, module, batch: dict, stage: str) -> SeqLogps:

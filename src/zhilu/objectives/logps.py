@@ -20,9 +20,12 @@ no ``attention_mask``) are fed in the layout the attention backend can keep cont
   ``position_ids`` for FlashAttention only when the batch has one row, so rows are flattened here.
 
 Any other backend gets a :class:`~zhilu.errors.ConfigError` rather than silent cross-document
-attention. Fused linear + cross-entropy: ``chunked`` (written here: checkpointed chunks of the LM
-head, recomputed in the backward pass) or ``liger`` (Liger-Kernel, Hsu et al. 2024,
-https://arxiv.org/abs/2410.10989), checked once for correct per-token gradients.
+attention. LM head + cross-entropy: ``torch`` (plain: ``[N, vocab]`` fp32 logits kept for backward),
+``chunked`` (the default; written here, :class:`ChunkedHeadLogps`: chunks sized by
+``objective.logits_budget_mb``, nothing vocabulary-sized kept for backward, no recomputation when the
+LM head is frozen) or ``liger`` (Liger-Kernel, Hsu et al. 2024, https://arxiv.org/abs/2410.10989),
+checked once for correct per-token gradients. The chunked loss follows the idea of Wijmans et al. 2024,
+"Cut Your Losses in Large-Vocabulary Language Models", https://arxiv.org/abs/2411.09009.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from zhilu.data.encode import IGNORE_INDEX
 from zhilu.errors import ConfigError
 
 LOSS_IMPLS = ("auto", "torch", "chunked", "liger")
+#: ``objective.logits_budget_mb``: one LM-head chunk's fp32 logits (128 tokens at Llama-3's 128,256 vocabulary,
+#: 2,728 at the embedded default's 6,150); the step's extra peak is about twice this (logits + log-softmax)
+DEFAULT_LOGITS_BUDGET_MB = 64.0
 
 
 def base_causal_lm(model):
@@ -152,22 +158,103 @@ def _head_logps(head, h: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
 
 
 def torch_logps(head, h: torch.Tensor, t: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Plain: ``[N, vocab]`` logits at once."""
+    """Plain: ``[N, vocab]`` logits at once (autograd keeps them, in fp32, for the backward pass)."""
     return _head_logps(head, h, t)
 
 
+def budget_chunk(vocab_size: int, logits_budget_mb: float) -> int:
+    """Tokens per LM-head chunk so one chunk's fp32 logits take ``logits_budget_mb`` MiB (at least 1)."""
+    if not logits_budget_mb > 0:
+        raise ConfigError(f"objective.logits_budget_mb={logits_budget_mb}: must be positive")
+    return max(1, int(logits_budget_mb * 2**20 // (vocab_size * 4)))
+
+
+class ChunkedHeadLogps(torch.autograd.Function):
+    """``log_softmax(h W^T + b)[target]`` a chunk of tokens at a time; no ``[N, vocab]`` tensor is kept.
+
+    ``d logp / d logits = onehot(target) - softmax``. When only ``h`` needs a gradient (the LM head
+    frozen, as under LoRA/DoRA), the forward pass multiplies that by ``W`` chunk by chunk and keeps
+    ``D = (onehot - softmax) W`` ([N, hidden], cast to the head's dtype before the product, as the
+    plain path's backward does); the backward is then ``g * D``, with no second pass over the
+    vocabulary. When ``W`` (or ``b``) trains, the forward keeps only ``h`` and each token's
+    log-sum-exp, and the backward recomputes each chunk's logits once.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, target, chunk: int, need_h: bool, need_w: bool):
+        n = h.shape[0]
+        logps = torch.empty(n, dtype=torch.float32, device=h.device)
+        lse = torch.empty(n, dtype=torch.float32, device=h.device) if need_w else None
+        dlogp_dh = torch.empty_like(h) if need_h and not need_w else None
+        rows = torch.arange(min(chunk, n), device=h.device)
+        for s in range(0, n, chunk):
+            logits = F.linear(h[s : s + chunk], weight, bias).float()
+            t_c = target[s : s + chunk]
+            nll = F.cross_entropy(logits, t_c, reduction="none")  # the plain path's kernel, row by row
+            logps[s : s + chunk] = -nll
+            lse_c = logits.gather(1, t_c[:, None]).squeeze(1) + nll
+            if lse is not None:
+                lse[s : s + chunk] = lse_c
+            if dlogp_dh is not None:
+                d_logits = logits.sub_(lse_c[:, None]).exp_().neg_()  # -softmax, in place
+                d_logits[rows[: t_c.shape[0]], t_c] += 1.0
+                dlogp_dh[s : s + chunk] = d_logits.to(weight.dtype) @ weight
+            del logits
+        ctx.chunk = chunk
+        ctx.save_for_backward(h if need_w else None, weight if need_w else None, bias if need_w else None,
+                              target if need_w else None, lse, dlogp_dh)
+        return logps
+
+    @staticmethod
+    def backward(ctx, grad_logps):
+        h, weight, bias, target, lse, dlogp_dh = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        g = grad_logps.float()
+        if dlogp_dh is not None:  # head frozen: everything was done in the forward pass
+            return (g[:, None] * dlogp_dh).to(dlogp_dh.dtype) if need_h else None, None, None, None, None, None, None
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        rows = torch.arange(min(ctx.chunk, h.shape[0]), device=h.device)
+        for s in range(0, h.shape[0], ctx.chunk):
+            h_c, t_c, g_c = h[s : s + ctx.chunk], target[s : s + ctx.chunk], g[s : s + ctx.chunk]
+            grad_logits = F.linear(h_c, weight, bias).float().sub_(lse[s : s + ctx.chunk, None]).exp_()
+            grad_logits.mul_(-g_c[:, None])
+            grad_logits[rows[: h_c.shape[0]], t_c] += g_c
+            grad_logits = grad_logits.to(weight.dtype)
+            if need_h:
+                grad_h[s : s + ctx.chunk] = grad_logits @ weight
+            if need_w:
+                grad_w += (grad_logits.t() @ h_c).float()
+            if need_b:
+                grad_b += grad_logits.float().sum(0)
+        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
+        grad_b = grad_b.to(bias.dtype) if grad_b is not None else None
+        return grad_h, grad_w, grad_b, None, None, None, None
+
+
+def _plain_linear(head) -> bool:
+    """A plain ``nn.Linear`` whose weight is a real tensor here (not a ZeRO-3 partition, no wrapper)."""
+    return type(head) is torch.nn.Linear and not hasattr(head.weight, "ds_id")
+
+
 def chunked_logps(head, h: torch.Tensor, t: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """LM head + cross-entropy ``chunk_size`` tokens at a time; logits recomputed in backward."""
-    if h.shape[0] <= chunk_size:
-        return _head_logps(head, h, t)
+    """LM head + cross-entropy ``chunk_size`` tokens at a time, whatever the number of tokens.
+
+    A plain linear head goes through :class:`ChunkedHeadLogps`; any other head module (an adapter on
+    ``lm_head``, a ZeRO-3 partitioned weight that only the module's hooks gather) is run chunk by chunk
+    under activation checkpointing, its logits recomputed in the backward pass.
+    """
+    grad = torch.is_grad_enabled()
+    if _plain_linear(head):
+        need_h = grad and h.requires_grad
+        need_w = grad and (head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad))
+        return ChunkedHeadLogps.apply(h, head.weight, head.bias, t, chunk_size, need_h, need_w)
     parts = []
     for s in range(0, h.shape[0], chunk_size):
         hs, ts = h[s : s + chunk_size], t[s : s + chunk_size]
-        if torch.is_grad_enabled():
-            parts.append(checkpoint(_head_logps, head, hs, ts, use_reentrant=False))
-        else:
-            parts.append(_head_logps(head, hs, ts))
-    return torch.cat(parts)
+        parts.append(checkpoint(_head_logps, head, hs, ts, use_reentrant=False) if grad else _head_logps(head, hs, ts))
+    return torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
 
 
 def liger_logps(head, h: torch.Tensor, t: torch.Tensor, chunk_size: int) -> torch.Tensor:
@@ -229,12 +316,14 @@ HEAD_IMPLS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def label_logps(model, batch: dict, impl: str = "auto", chunk_size: int = 2048) -> LabelLogps:
+def label_logps(model, batch: dict, impl: str = "auto", chunk_size: int | None = None,
+                logits_budget_mb: float = DEFAULT_LOGITS_BUDGET_MB) -> LabelLogps:
     """Log-probs of every label given the tokens before it in its own sequence.
 
-    ``impl``: ``torch`` (plain), ``chunked`` (fused in chunks of ``chunk_size`` tokens), ``liger``,
-    or ``auto`` (chunked on CUDA, plain on CPU). A label is never predicted across a sequence
-    boundary: a target token whose ``sequence_index`` differs from its predecessor's is skipped.
+    ``impl``: ``torch`` (plain), ``chunked`` (LM head + cross-entropy in chunks whose fp32 logits take
+    ``logits_budget_mb`` MiB, or ``chunk_size`` tokens when given), ``liger``, or ``auto`` (= ``chunked``,
+    on CPU and CUDA). A label is never predicted across a sequence boundary: a target token whose
+    ``sequence_index`` differs from its predecessor's is skipped.
     """
     if impl not in LOSS_IMPLS:
         raise ConfigError(f"objective.loss_impl={impl!r}: expected one of {', '.join(LOSS_IMPLS)}")
@@ -246,8 +335,12 @@ def label_logps(model, batch: dict, impl: str = "auto", chunk_size: int = 2048) 
     t = tgt[mask]
     seq = seq[mask]
     if impl == "auto":
-        impl = "chunked" if h.is_cuda else "torch"
-    logps = HEAD_IMPLS[impl](base_causal_lm(model).lm_head, h, t, chunk_size)
+        impl = "chunked"
+    lm = base_causal_lm(model)
+    head = lm.lm_head
+    if chunk_size is None:
+        chunk_size = budget_chunk(getattr(lm.config, "vocab_size", None) or head.weight.shape[0], logits_budget_mb)
+    logps = HEAD_IMPLS[impl](head, h, t, chunk_size)
     S = int(batch["num_sequences"])
     sums = torch.zeros(S, dtype=logps.dtype, device=logps.device).index_add(0, seq, logps)
     counts = torch.zeros(S, dtype=logps.dtype, device=logps.device).index_add(0, seq, torch.ones_like(logps))

@@ -164,11 +164,19 @@ class RunMetrics(L.Callback):
 
 
 class ExportHF(L.Callback):
-    """At the end of fit, write ``export/``: a merged Hugging Face model (+ ``adapter/`` for peft)."""
+    """At the end of fit, write ``export/``: a merged Hugging Face model (+ ``adapter/`` for peft).
 
-    def __init__(self, output_dir: str, enabled: bool = True) -> None:
+    ``dtype`` (``export.dtype``): the saved weights' dtype; ``None`` keeps the base model's
+    (:meth:`zhilu.model.ModelBuilder.base_dtype`). Layout: :mod:`zhilu.model.export`.
+    """
+
+    def __init__(self, output_dir: str, enabled: bool = True, dtype: str | None = None) -> None:
+        from zhilu.model.export import export_dtype
+
         self.out = Path(output_dir) / "export"
         self.enabled = enabled
+        export_dtype(dtype, torch.float32)  # a bad value stops the run before any model is built
+        self.dtype = dtype
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if not self.enabled:
@@ -188,5 +196,8 @@ class ExportHF(L.Callback):
         trainer.strategy.barrier("export")
 
     def _export(self, pl_module, model) -> None:
-        merged = pl_module.adapter.export(model, pl_module.tokenizer, self.out)
+        from zhilu.model.export import export_dtype
+
+        dtype = export_dtype(self.dtype, pl_module.builder.base_dtype())
+        merged = pl_module.adapter.export(model, pl_module.tokenizer, self.out, dtype=dtype)
         log.info("exported %s", merged)
