@@ -45,7 +45,7 @@ class RunMetrics(L.Callback):
         trainable, total = pl_module.param_counts
         self.metrics.update({"trainable_params": trainable, "total_params": total,
                              "adapter": pl_module.adapter.name,
-                             "objective": type(pl_module.objective).__name__.lower(),
+                             "objective": pl_module.objective.name,
                              "model": pl_module.builder.name, "status": "running"})
         dm = getattr(trainer, "datamodule", None)
         if dm is not None and getattr(dm, "stats", None):
