@@ -37,13 +37,9 @@ from torch.utils.checkpoint import checkpoint
 
 from zhilu.data.encode import IGNORE_INDEX
 from zhilu.errors import ConfigError
+from zhilu.model.runtime import base_causal_lm  # noqa: F401 - also imported from here by callers
 
 LOSS_IMPLS = ("auto", "torch", "chunked", "liger")
-
-
-def base_causal_lm(model):
-    """The ``*ForCausalLM`` under a peft wrapper (its layers carry the live adapters)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 # ----------------------------------------------------------------------------- decoder layouts

@@ -53,7 +53,7 @@ class RunMetrics(L.Callback):
         self._setup_flops(trainer, pl_module, trainable, total)
 
     def _setup_flops(self, trainer, pl_module, trainable: int, total: int) -> None:
-        from zhilu.objectives.logps import base_causal_lm
+        from zhilu.model.runtime import base_causal_lm
         from zhilu.train import flops
         from zhilu.train.strategies import is_fsdp_wrapped
 

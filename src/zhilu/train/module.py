@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any, Callable
+from typing import Callable
 
 import lightning as L
 import torch
