@@ -20,6 +20,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
 
     from zhilu.chat import ChatSession, SamplingConfig, answer_file, interactive, read_prompts
+    from zhilu.model.runtime import load_model
 
     from zhilu.utils.io import check_output_file
 
@@ -27,11 +28,7 @@ def main(cfg: DictConfig) -> None:
     if prompts is not None:
         check_output_file(cfg.output, "output")
     torch.manual_seed(cfg.seed)
-    builder = instantiate(cfg.model)
-    tokenizer = builder.load_tokenizer()
-    model = builder.build(tokenizer)
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model, tokenizer = load_model(instantiate(cfg.model))
     session = ChatSession(model, tokenizer, cfg.system_prompt, SamplingConfig(**cfg.sampling))
     if cfg.prompts_file:
         n = answer_file(session, prompts, cfg.output)

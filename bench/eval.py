@@ -42,6 +42,7 @@ def main() -> None:
     from zhilu.eval.run import build
     from zhilu.eval.runner import build_prompts, context_length
     from zhilu.eval.scoring import LetterLoglikScorer
+    from zhilu.model.runtime import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -53,8 +54,7 @@ def main() -> None:
         cfg = compose("eval", overrides=overrides)
     bench = build(cfg.benchmark)
     builder = build(cfg.model)
-    tok = builder.load_tokenizer()
-    model = builder.build(tok, device_type=args.device.split(":")[0]).to(args.device).eval()
+    model, tok = load_model(builder, args.device)
     prompts = [p.ids for _, p in build_prompts(bench, bench.load(), tok, context_length(model, bench))]
     n = len(prompts)
     lengths = [len(p) for p in prompts]

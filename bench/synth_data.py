@@ -102,12 +102,12 @@ def bench_generation(size: str, device: str, n_prompts: int, batch_size: int, ne
 
     from bench.common import model_config
     from zhilu.model import ModelBuilder
+    from zhilu.model.runtime import load_model
     from zhilu.synth.generators import LocalLM
 
     cfg = {**model_config(size), "vocab_size": None}
     builder = ModelBuilder(config=cfg, dtype="bfloat16" if device == "cuda" else "float32")
-    tok = builder.load_tokenizer()
-    model = builder.build(tok).to(device)
+    model, tok = load_model(builder, device)
     prompts = [[{"role": "user", "content": f"第{i}个问题：" + "信用卡分期的真实年化利率怎么算？" * (1 + i % 4)}]
                for i in range(n_prompts)]
     rates = {}

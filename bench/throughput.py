@@ -65,7 +65,7 @@ def run(adapter_name: str, attn: str, args) -> dict:
     from zhilu.adapters import FullFineTune, LoRA
     from zhilu.model import ModelBuilder
     from zhilu.objectives import SFT
-    from zhilu.objectives.logps import base_causal_lm
+    from zhilu.model.runtime import base_causal_lm
     from zhilu.train import flops
     from zhilu.train.module import ZhiluModule
 

@@ -16,7 +16,7 @@ from typing import Iterable, TextIO
 
 import torch
 
-from zhilu.data.encode import ChatEncoder
+from zhilu.model.runtime import GenerationPrompt
 from zhilu.errors import DataError
 from zhilu.model.chat_template import DEFAULT_SYSTEM_PROMPT
 from zhilu.utils.jsonl import iter_lines
@@ -50,7 +50,7 @@ class ChatSession:
                  sampling: SamplingConfig | None = None, max_context: int | None = None) -> None:
         self.model = model.eval()
         self.tok = tokenizer
-        self.encoder = ChatEncoder(tokenizer, max_length=10**9)
+        self.prompt = GenerationPrompt(tokenizer)
         self.system_prompt = system_prompt
         self.sampling = sampling or SamplingConfig()
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", 8192)
@@ -64,11 +64,11 @@ class ChatSession:
         return sys_msg + self.history + [{"role": "user", "content": user}]
 
     def _prompt_ids(self, user: str) -> list[int]:
-        ids = self.encoder.prompt(self.messages(user))
+        ids = self.prompt(self.messages(user))
         budget = self.max_context - self.sampling.max_new_tokens
         while len(ids) > budget and len(self.history) >= 2:  # forget the oldest exchange
             self.history = self.history[2:]
-            ids = self.encoder.prompt(self.messages(user))
+            ids = self.prompt(self.messages(user))
         return ids
 
     @torch.no_grad()

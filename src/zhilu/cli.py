@@ -29,6 +29,23 @@ def user_error(exc: BaseException) -> ZhiluError | None:
     return None
 
 
+def instantiate(node, **kwargs):
+    """``hydra.utils.instantiate`` that re-raises a user error from a constructor as itself.
+
+    Hydra wraps constructor errors in ``InstantiationException``; :func:`one_line_errors` unwraps them
+    at the entry point anyway, this lets library code (and its callers) see the ``ZhiluError`` type.
+    """
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except Exception as exc:
+        err = user_error(exc)
+        if err is None or err is exc:
+            raise
+        raise err from None
+
+
 def one_line_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

@@ -151,9 +151,6 @@ class BlockOptimizer(torch.optim.Optimizer):
     def active_block(self) -> int:
         return self.order.current
 
-    def active_names(self) -> list[str]:
-        return self.blocks[self.order.current]
-
     def _split(self, block: int) -> tuple[list, list]:
         decay, no_decay = [], []
         for name in self.blocks[block]:
@@ -211,13 +208,21 @@ class BAdam(Adapter):
     start_block: first active block (default: first for ascending/random, last for descending).
     include_embedding / include_lm_head: train the embeddings / LM head as blocks of their own.
     seed: seed of the random order.
+    name, reference, shardable, adapter_on_base: the stated abilities (:class:`~zhilu.adapters.base.Adapter`).
     """
 
     name = "badam"
-    has_disabled_reference = False
+    shardable = False
+    unshardable_reason = (
+        "BAdam switches which parameters train (requires_grad) and swaps its optimizer's parameters every "
+        "adapter.switch_interval steps, which DDP/FSDP/ZeRO gradient buckets and FSDP's flat parameters cannot "
+        "follow once wrapped; train BAdam on one device with trainer=cpu|gpu (its memory is close to LoRA's)"
+    )
 
     def __init__(self, switch_mode: str = "ascending", switch_interval: int = 50, start_block: int | None = None,
-                 include_embedding: bool = False, include_lm_head: bool = False, seed: int = 0) -> None:
+                 include_embedding: bool = False, include_lm_head: bool = False, seed: int = 0,
+                 **abilities) -> None:
+        self.state(**abilities)
         if switch_mode not in SWITCH_MODES:
             raise ConfigError(f"adapter.switch_mode={switch_mode!r}: expected one of {', '.join(SWITCH_MODES)}")
         if switch_interval < 1:

@@ -15,11 +15,13 @@ log = logging.getLogger(__name__)
 
 
 class FullFineTune(Adapter):
-    """Args: freeze: glob patterns of parameter names to keep frozen (e.g. ``model.embed_tokens.*``)."""
+    """Args: freeze: glob patterns of parameter names to keep frozen (e.g. ``model.embed_tokens.*``);
+    name, reference, shardable, adapter_on_base: the stated abilities (:class:`~zhilu.adapters.base.Adapter`)."""
 
     name = "full"
 
-    def __init__(self, freeze: Sequence[str] = ()) -> None:
+    def __init__(self, freeze: Sequence[str] = (), **abilities) -> None:
+        self.state(**abilities)
         self.freeze = list(freeze or [])
 
     def apply(self, model: nn.Module) -> nn.Module:

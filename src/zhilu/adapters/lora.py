@@ -6,11 +6,22 @@
   split into a trainable magnitude vector and a LoRA-updated direction)
 - LoRA+: Hayou et al. 2024, https://arxiv.org/abs/2402.12354 (B matrices learn ``lr_ratio``
   times faster than A; the paper's default ratio is 16)
+- PiSSA: Meng et al. 2024, https://arxiv.org/abs/2404.02948 (``init_lora_weights: pissa`` or
+  ``pissa_niter_N``: A and B start from the top-r singular vectors, the base keeps the residual)
+- OLoRA: Büyükakyüz 2024, https://arxiv.org/abs/2406.01775 (``init_lora_weights: olora``: A and B
+  from a QR decomposition, the base keeps the residual)
+
+PiSSA and OLoRA change the base weights, so the adapter switched off is not the starting model
+(their DPO reference is a frozen copy or precomputed), and the trained adapter applies to the
+residual base only: their export converts it into a plain LoRA of rank 2r on the original base
+(peft's ``path_initial_model_for_weight_conversion``: delta W = BA - B0A0 = [B | -B0][A; A0]).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +33,25 @@ from zhilu.model.export import save_peft_adapter
 from zhilu.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+#: ``init_lora_weights`` values that keep the base as it is (B starts at zero)
+PLAIN_INITS = (True, False, "gaussian")
+#: values that move the top of the base weights into the adapter (the base keeps the residual)
+RESIDUAL_INIT = re.compile(r"^(pissa|pissa_niter_[1-9][0-9]*|olora)$")
+#: residual inits (randomised SVD) draw from this seed, so a resumed run rebuilds the same residual base
+INIT_SEED = 0
+
+
+def changes_base(init_lora_weights) -> bool:
+    """True for PiSSA/OLoRA inits; a ConfigError for a value this adapter does not support."""
+    if isinstance(init_lora_weights, bool) or init_lora_weights in PLAIN_INITS:
+        return False
+    if isinstance(init_lora_weights, str) and RESIDUAL_INIT.match(init_lora_weights):
+        return True
+    raise ConfigError(
+        f"adapter.init_lora_weights={init_lora_weights!r}: expected true, false, gaussian, pissa, "
+        "pissa_niter_<N> or olora"
+    )
 
 
 class LoRA(Adapter):
@@ -36,10 +66,16 @@ class LoRA(Adapter):
     autocast_adapter_dtype: keep adapter weights in fp32 when the base is bf16/fp16 (peft's
         default; precise updates, but every adapter input is cast to fp32). ``false`` keeps them
         in the base dtype.
+    init_lora_weights: ``true`` (B = 0), ``gaussian``, or ``pissa`` / ``pissa_niter_N`` / ``olora``
+        (the base keeps the residual; see the module docstring).
+    name, reference, shardable, adapter_on_base: the stated abilities (:class:`~zhilu.adapters.base.Adapter`);
+        a residual init can give only a ``copy`` or ``precomputed`` reference and ``adapter_on_base: false``.
     """
 
     name = "lora"
-    has_disabled_reference = True
+    reference = "disabled"
+    adapter_on_base = True
+    references = ("disabled", "copy", "precomputed")
 
     def __init__(
         self,
@@ -53,6 +89,10 @@ class LoRA(Adapter):
         init_lora_weights: bool | str = True,
         autocast_adapter_dtype: bool = True,
         lean_dora: bool = True,
+        name: str | None = None,
+        reference: str | None = None,
+        shardable: bool | None = None,
+        adapter_on_base: bool | None = None,
     ) -> None:
         if r <= 0:
             raise ConfigError(f"adapter.r={r}: must be a positive integer")
@@ -64,8 +104,22 @@ class LoRA(Adapter):
         self.modules_to_save = list(modules_to_save) if modules_to_save else None
         self.init_lora_weights = init_lora_weights
         self.autocast_adapter_dtype = autocast_adapter_dtype
+        self.residual = changes_base(init_lora_weights)
         if use_dora:
             self.name = "dora"
+        if self.residual:
+            if use_dora:
+                raise ConfigError(f"adapter.use_dora=true with init_lora_weights={init_lora_weights}: not supported "
+                                  "(the export's conversion to a plain LoRA has no magnitude vectors)")
+            self.name = init_lora_weights.split("_")[0]
+            self.reference, self.adapter_on_base = "copy", False
+            self.references = ("copy", "precomputed")
+        self.initial_adapter: dict[str, torch.Tensor] | None = None  # residual inits: A0, B0 for the export
+        self.state(name, reference, shardable, adapter_on_base)
+
+    def reference_note(self) -> str:
+        return (f"init_lora_weights={self.init_lora_weights} leaves the residual in the base, so the adapter "
+                "switched off is not the starting model")
 
     def peft_config(self):
         from peft import LoraConfig, TaskType
@@ -83,12 +137,19 @@ class LoRA(Adapter):
         )
 
     def apply(self, model: nn.Module) -> nn.Module:
-        from peft import get_peft_model
+        from peft import get_peft_model, get_peft_model_state_dict
 
         try:
-            peft_model = get_peft_model(model, self.peft_config(), autocast_adapter_dtype=self.autocast_adapter_dtype)
+            with torch.random.fork_rng(devices=[], enabled=self.residual):
+                if self.residual:  # pissa_niter's randomised SVD: the same residual base on every build
+                    torch.manual_seed(INIT_SEED)
+                peft_model = get_peft_model(model, self.peft_config(),
+                                            autocast_adapter_dtype=self.autocast_adapter_dtype)
         except ValueError as exc:
             raise ConfigError(f"adapter.target_modules={self.target_modules}: {str(exc).splitlines()[0]}") from None
+        if self.residual:
+            self.initial_adapter = {k: v.detach().to("cpu", copy=True).contiguous()
+                                    for k, v in get_peft_model_state_dict(peft_model).items()}
         if self.use_dora and self.lean_dora:
             from zhilu.adapters.dora import make_lean
 
@@ -119,12 +180,31 @@ class LoRA(Adapter):
 
     def export(self, model: nn.Module, tokenizer, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
         out = Path(out_dir)
+        adapter_dir = out / "adapter"
         out.mkdir(parents=True, exist_ok=True)
-        save_peft_adapter(model, out / "adapter", tokenizer)
+        if self.adapter_on_base:
+            save_peft_adapter(model, adapter_dir, tokenizer)
+        else:
+            self.save_converted(model, adapter_dir, tokenizer)
         merged = out / "merged"
         save_hf_model(model.get_base_model(), merged, tokenizer, state_dict=self.base_state_dict(model), dtype=dtype)
         link_into(merged, out)
         return merged
+
+    def save_converted(self, model: nn.Module, adapter_dir: Path, tokenizer=None) -> None:
+        """Save the trained residual-init adapter as a plain LoRA (rank 2r) on the original base."""
+        from safetensors.torch import save_file
+
+        if self.initial_adapter is None:
+            raise ConfigError(f"adapter={self.name}: export before apply(); no initial adapter to convert from")
+        init_dir = adapter_dir.parent / "adapter_init"  # peft loads it as an adapter named after the folder
+        shutil.rmtree(init_dir, ignore_errors=True)
+        init_dir.mkdir(parents=True)
+        try:
+            save_file(self.initial_adapter, str(init_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+            save_peft_adapter(model, adapter_dir, tokenizer, path_initial_model_for_weight_conversion=str(init_dir))
+        finally:
+            shutil.rmtree(init_dir, ignore_errors=True)
 
 
 class LoRAPlus(LoRA):
@@ -143,7 +223,8 @@ class LoRAPlus(LoRA):
             raise ConfigError(f"adapter.lr_ratio={lr_ratio}: must be positive")
         self.lr_ratio = lr_ratio
         self.lr_embedding = lr_embedding
-        self.name = "loraplus_dora" if self.use_dora else "loraplus"
+        if kwargs.get("name") is None and not self.residual:
+            self.name = "loraplus_dora" if self.use_dora else "loraplus"
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
         groups = {

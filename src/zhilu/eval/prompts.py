@@ -202,17 +202,17 @@ class PromptBuilder:
         self.chat = chat
         has_bos = tokenizer.bos_token_id is not None
         self.bos = [tokenizer.bos_token_id] if has_bos and (fmt.bos or chat) else []
-        self._encoder = None
+        self._prompt = None
         if chat:
-            from zhilu.data.encode import ChatEncoder
+            from zhilu.model.runtime import GenerationPrompt
 
-            self._encoder = ChatEncoder(tokenizer, max_length=10**9)
+            self._prompt = GenerationPrompt(tokenizer)
         self._shot_len: dict[tuple[str, str], int] = {}
         self._choice_ids: dict[int, list[int]] = {}
 
     def encode(self, subject: Subject, shots: list[Question], q: Question, header: bool = True) -> list[int]:
-        if self._encoder is not None:
-            return self._encoder.prompt(self.fmt.chat(subject, shots, q, header))
+        if self._prompt is not None:
+            return self._prompt(self.fmt.chat(subject, shots, q, header))
         return self.bos + self.tok.encode(self.fmt.completion(subject, shots, q, header), add_special_tokens=False)
 
     def choice_ids(self, q: Question) -> list[int]:

@@ -7,27 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from zhilu.errors import ConfigError, ZhiluError
+from zhilu.cli import instantiate
+from zhilu.errors import ConfigError
 from zhilu.eval.runner import evaluate, write_outputs
+from zhilu.model.runtime import load_model
 
 log = logging.getLogger(__name__)
 
 
 def build(node, **kwargs):
-    """``instantiate``, re-raising a zhilu error from a constructor as itself (one-line CLI error)."""
-    try:
-        return instantiate(node, _convert_="partial", **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, ZhiluError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
+    """``instantiate`` (lists and dicts stay plain); a user error from a constructor raises as itself."""
+    return instantiate(node, _convert_="partial", **kwargs)
 
 
 def pick_scorer(cfg: DictConfig):
@@ -56,10 +48,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     scorer = pick_scorer(cfg)
     data = benchmark.load()  # bad data fails before the model is loaded
     builder = build(cfg.model)
-    tokenizer = builder.load_tokenizer()
-    model = builder.build(tokenizer)
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model, tokenizer = load_model(builder)
     name = model_display_name(cfg, builder)
     log.info("%s (%s split, %d-shot%s): %d questions in %d subjects, model %s", benchmark.name, benchmark.split,
              benchmark.shots, ", chat" if benchmark.chat else "", data.num_questions, len(data.subjects), name)

@@ -34,6 +34,7 @@ from functools import lru_cache
 
 from zhilu.errors import ConfigError
 from zhilu.eval.loader import ALL_LETTERS, LETTERS, Question
+from zhilu.model.runtime import base_causal_lm, pad_rows
 
 log = logging.getLogger(__name__)
 
@@ -82,31 +83,17 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: in
 def last_token_logits(model, ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     """Logits at each row's last real token: the decoder runs once, the LM head on B rows only
     (works for any transformers 5 version and for peft-wrapped models)."""
-    from zhilu.objectives.logps import base_causal_lm
-
     lm = base_causal_lm(model)
     hidden = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     return lm.lm_head(hidden[torch.arange(ids.shape[0], device=ids.device), last])
 
 
 def right_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids.to(device), mask.to(device)
+    return pad_rows(rows, pad_id, device, side="right")
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
+    return pad_rows(rows, pad_id, device, side="left")
 
 
 class LetterLoglikScorer:

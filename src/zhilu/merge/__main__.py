@@ -8,26 +8,16 @@ dir itself then works as ``model.path`` for training, chat and evaluation.
 from __future__ import annotations
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from zhilu.cli import ROOT, one_line_errors, set_project_root
+from zhilu.cli import ROOT, instantiate, one_line_errors, set_project_root
 
 set_project_root()
 
 
 def instantiate_method(node: DictConfig):
-    """``instantiate``, re-raising a zhilu error from the constructor as itself (one clear line)."""
-    from hydra.errors import InstantiationException
-
-    from zhilu.errors import ZhiluError
-
-    try:
-        return instantiate(node)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, ZhiluError):
-            raise exc.__cause__ from None
-        raise
+    """The merge method of ``conf/merge/``; a user error from its constructor raises as itself."""
+    return instantiate(node)
 
 
 def run(cfg: DictConfig) -> str:

@@ -296,11 +296,11 @@ def _jsonish(value: Any) -> Any:
     return value
 
 
-def save_peft_adapter(model: nn.Module, folder: str | Path, tokenizer) -> Path:
-    """peft's ``save_pretrained`` with a portable ``adapter_config.json`` and the tokenizer beside it."""
+def save_peft_adapter(model: nn.Module, folder: str | Path, tokenizer, **save_kwargs) -> Path:
+    """peft's ``save_pretrained(**save_kwargs)`` with a portable ``adapter_config.json`` and the tokenizer beside it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder))
+    model.save_pretrained(str(folder), **save_kwargs)
     path = folder / "adapter_config.json"
     if path.is_file():
         cfg = portable_adapter_config(json.loads(path.read_text(encoding="utf-8")))

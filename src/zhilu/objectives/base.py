@@ -10,12 +10,27 @@ import torch
 class Objective:
     """A training objective; small, and not a subclass of the trainer.
 
-    ``data_kind`` tells which data the objective reads (``sft`` or ``preference``).
-    ``setup(module)`` runs once the model (with its adapter) exists; ``loss(module, batch,
-    stage)`` returns the scalar loss and a dict of scalars to log under ``{stage}/``.
+    What it needs is declared, so config checks (:mod:`zhilu.train.compat`, ``train.run.build``)
+    read it instead of probing:
+
+    - ``data_kind``: which data it reads (a data module ``kind``: ``sft``, ``preference``);
+    - ``needs_reference``: whether ``loss`` compares the policy with a reference policy
+      (:class:`zhilu.objectives.reference.ReferencePolicy`, built in ``setup``);
+    - ``precompute_ref``: whether that reference is scored once at fit start and cached.
+
+    ``setup(module)`` runs once the model (with its adapter) exists; ``on_fit_start(module)`` once
+    the trainer has placed it; ``loss(module, batch, stage)`` returns the scalar loss and a dict of
+    scalars to log under ``{stage}/``.
     """
 
     data_kind = "sft"
+    needs_reference = False
+    precompute_ref = False
+
+    @property
+    def name(self) -> str:
+        """The objective's name in messages and ``metrics.json`` (its class name, lower case)."""
+        return type(self).__name__.lower()
 
     def setup(self, module) -> None:  # pragma: no cover - default does nothing
         pass

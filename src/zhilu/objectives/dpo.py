@@ -4,17 +4,10 @@
   :mod:`zhilu.objectives.preference_losses`)
 
 Chosen and rejected answers are sequences ``2i`` and ``2i + 1`` of one batch (padded or packed),
-so the policy scores both in one forward pass; only answer tokens carry labels. The reference:
-
-- peft adapters (LoRA, DoRA, LoRA+): the same network with the adapter switched off, so there is
-  no second copy of the weights;
-- ``full`` and ``badam``: a frozen copy of the model made when the model is built, before any
-  checkpoint is restored; it lives on this object, outside the LightningModule, so it never
-  enters a checkpoint;
-- ``precompute_ref=true``: the reference log-probs of every train and val example are computed
-  once at fit start and cached in ``<run dir>/ref_logps.pt`` (reused when the data and the base
-  model match); the frozen copy is then dropped, so training holds one model;
-- ``simpo`` and ``orpo`` are reference-free and use no reference at all.
+so the policy scores both in one forward pass; only answer tokens carry labels. The reference
+policy (the adapter switched off, a frozen copy, or log-probs precomputed at fit start, as the
+adapter states) is :class:`zhilu.objectives.reference.ReferencePolicy`; ``simpo`` and ``orpo`` are
+reference-free and use none.
 
 Logged (the module prefixes ``train/`` and ``val/``): ``rewards/chosen``, ``rewards/rejected``
 (``beta`` times the score: the log-ratio for reference losses, the policy log-prob for
@@ -26,64 +19,19 @@ the SFT term is on.
 
 from __future__ import annotations
 
-import array
-import copy
-import gc
-import hashlib
-import json
 import logging
-import os
-import time
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from zhilu.data.encode import Example
 from zhilu.errors import ConfigError, DataError
 from zhilu.objectives.base import Objective
 from zhilu.objectives.logps import DEFAULT_LOGITS_BUDGET_MB, budget_chunk, label_logps
 from zhilu.objectives.preference_losses import LOSS_TYPES
+from zhilu.objectives.reference import CACHE_NAME, ReferencePolicy, SeqLogps
 
 log = logging.getLogger(__name__)
-
-CACHE_NAME = "ref_logps.pt"
-CACHE_VERSION = 1
-
-#: ``(sums, counts)`` of the answer tokens' log-probs per sequence, ``[S]`` each
-SeqLogps = tuple[torch.Tensor, torch.Tensor]
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode with no gradients: the reference for adapters that train the base."""
-    ref = copy.deepcopy(model)
-    ref.requires_grad_(False)
-    return ref.eval()
-
-
-def reference_identity(builder) -> dict[str, Any]:
-    """What the reference model is made from: the builder's fields (and its weight files' stats)."""
-    ident: dict[str, Any] = {k: getattr(builder, k, None) for k in ("path", "config", "seed", "dtype")}
-    if ident["path"]:
-        from zhilu.model.builder import resolve_model_path
-
-        folder = resolve_model_path(ident["path"])
-        ident["path"] = str(folder.resolve())
-        ident["weights"] = sorted(
-            (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
-            if f.suffix in (".safetensors", ".bin")
-        )
-    return ident
-
-
-def examples_digest(h, examples: Sequence[Example]) -> None:
-    """Feed every token id and label of ``examples`` (in order) to the hash ``h``."""
-    for ex in examples:
-        for ids, labels in zip(ex.input_ids, ex.labels):
-            h.update(array.array("q", ids).tobytes())
-            h.update(array.array("q", labels).tobytes())
-        h.update(b"|")
 
 
 class DPO(Objective):
@@ -142,149 +90,42 @@ class DPO(Objective):
         self.label_smoothing = float(label_smoothing)
         self.gamma = float(gamma)
         self.sft_weight = spec.sft_weight if sft_weight is None else float(sft_weight)
+        self.needs_reference = spec.uses_reference
         self.precompute_ref = bool(precompute_ref) and spec.uses_reference
         self.ref_batch_size = ref_batch_size
         self.loss_impl = loss_impl
         self.chunk_size = chunk_size
         self.logits_budget_mb = logits_budget_mb
-        self.ref_model: nn.Module | None = None  # the frozen copy, when one is needed
-        self.ref_cache: dict[str, dict[str, torch.Tensor]] = {}
-        self.ref_cache_path: Path | None = None
-        self.precompute_s: float | None = None  # None: not computed in this process (or reused)
-        self._reference: Callable[[Any, dict, str], SeqLogps] | None = None
+        self.reference: ReferencePolicy | None = None  # built in setup(), when the loss uses one
 
     # ------------------------------------------------------------------ reference
-    def needs_reference_copy(self, adapter) -> bool:
-        """True when training keeps (or precomputes from) a frozen copy of the policy."""
-        return self.spec.uses_reference and not adapter.has_disabled_reference
-
     def setup(self, module) -> None:
-        if not self.spec.uses_reference:
-            return
-        if module.adapter.has_disabled_reference:
-            self._reference = self._disabled_reference
-        else:
-            self.ref_model = frozen_copy(module.model)
-            self._reference = self._copy_reference
+        if self.needs_reference:
+            self.reference = ReferencePolicy(module.adapter.reference, self._logps,
+                                             precompute=self.precompute_ref, batch_size=self.ref_batch_size)
+            self.reference.setup(module)
 
     def on_fit_start(self, module) -> None:
-        if self.ref_model is not None:
-            self.ref_model.to(module.device)
-        if self.precompute_ref:
-            self._precompute(module)
+        if self.reference is not None:
+            self.reference.on_fit_start(module)
 
     def _logps(self, model: nn.Module, batch: dict) -> SeqLogps:
         lp = label_logps(model, batch, self.loss_impl, self.chunk_size, self.logits_budget_mb)
         return lp.seq_logps, lp.seq_counts
 
-    def _disabled_reference(self, module, batch: dict, stage: str) -> SeqLogps:
-        with module.adapter.disabled(module.model), torch.no_grad():
-            return self._logps(module.model, batch)
+    @property
+    def _reference(self) -> ReferencePolicy | None:
+        return self.reference
 
-    def _copy_reference(self, module, batch: dict, stage: str) -> SeqLogps:
-        if self.ref_model is None:
-            raise ConfigError("objective=dpo: the frozen reference copy was already released")
-        with torch.no_grad():
-            return self._logps(self.ref_model, batch)
+    @property
+    def ref_model(self) -> nn.Module | None:
+        """The frozen reference copy, while one is held."""
+        return self.reference.model if self.reference is not None else None
 
-    def _cached_reference(self, module, batch: dict, stage: str) -> SeqLogps:
-        table = self.ref_cache.get(stage)
-        if table is None:
-            raise ConfigError(
-                f"objective.precompute_ref: no reference log-probs for the {stage} split "
-                f"(they are computed at fit start for train and val only)"
-            )
-        ids = batch["example_ids"].cpu()
-        if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= table["sums"].shape[0]:
-            raise DataError(
-                f"objective.precompute_ref: {stage} batch example ids {ids.tolist()} do not index the "
-                f"{table['sums'].shape[0]} cached examples"
-            )
-        device = batch["input_ids"].device
-        return table["sums"][ids].reshape(-1).to(device), table["counts"][ids].reshape(-1).to(device)
-
-    # ------------------------------------------------------------ precomputation
-    def _precompute(self, module) -> None:
-        trainer = module.trainer
-        dm = getattr(trainer, "datamodule", None)
-        if dm is None or getattr(dm, "train_examples", None) is None:
-            raise ConfigError("objective.precompute_ref=true needs the ChatDataModule (train.py's data=)")
-        splits = {"train": dm.train_examples, "val": dm.val_examples or []}
-        h = hashlib.sha256(json.dumps(reference_identity(module.builder), sort_keys=True, default=str).encode())
-        for name, examples in splits.items():
-            h.update(name.encode())
-            examples_digest(h, examples)
-        key = h.hexdigest()
-        path = Path(trainer.default_root_dir) / CACHE_NAME
-        self.ref_cache_path = path
-        cached = self._load_cache(path, key)
-        if cached is not None:
-            self.ref_cache = cached
-            log.info("reference log-probs: reusing %s", path)
-        else:
-            t0 = time.perf_counter()
-            collate = dm.collator(False)
-            batch_size = self.ref_batch_size or dm.eval_batch_size
-            self.ref_cache = {
-                name: self._reference_table(module, examples, collate, batch_size)
-                for name, examples in splits.items()
-            }
-            if module.device.type == "cuda":
-                torch.cuda.synchronize(module.device)
-            self.precompute_s = time.perf_counter() - t0
-            if trainer.is_global_zero:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-                torch.save({"version": CACHE_VERSION, "key": key, "splits": self.ref_cache}, tmp)
-                os.replace(tmp, path)
-            log.info("reference log-probs: %d train + %d val pairs in %.1f s, cached in %s",
-                     len(splits["train"]), len(splits["val"]), self.precompute_s, path)
-        self._reference = self._cached_reference
-        if self.ref_model is not None:  # training keeps one model in memory
-            self.ref_model = None
-            gc.collect()
-            if module.device.type == "cuda":
-                torch.cuda.empty_cache()
-
-    @staticmethod
-    def _load_cache(path: Path, key: str) -> dict | None:
-        if not path.is_file():
-            return None
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a torn or foreign file is recomputed, not trusted
-            log.warning("reference log-probs: cannot read %s (%s); recomputing", path, exc)
-            return None
-        if not isinstance(saved, dict) or saved.get("version") != CACHE_VERSION or saved.get("key") != key:
-            log.info("reference log-probs: %s is for other data or another base model; recomputing", path)
-            return None
-        return saved["splits"]
-
-    def _reference_table(self, module, examples: Sequence[Example], collate, batch_size: int) -> dict:
-        """Reference ``sums``/``counts`` ``[N, 2]`` (chosen, rejected) indexed by example id."""
-        n = len(examples)
-        sums = torch.zeros(n, 2, dtype=torch.float32)
-        counts = torch.zeros(n, 2, dtype=torch.float32)
-        seen = torch.zeros(n, dtype=torch.bool)
-        order = sorted(range(n), key=lambda i: examples[i].total_length, reverse=True)  # less padding
-        model = module.model
-        was_training = model.training
-        model.eval()
-        try:
-            for start in range(0, n, batch_size):
-                batch = collate([examples[i] for i in order[start : start + batch_size]])
-                ids = batch["example_ids"]
-                if int(ids.min()) < 0 or int(ids.max()) >= n or seen[ids].any():
-                    raise DataError("objective.precompute_ref: examples need unique ids 0..N-1 (Example.meta['id'])")
-                batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                with module.trainer.precision_plugin.forward_context():
-                    s, c = self._reference(module, batch, "precompute")
-                sums[ids] = s.float().view(-1, 2).cpu()
-                counts[ids] = c.float().view(-1, 2).cpu()
-                seen[ids] = True
-        finally:
-            model.train(was_training)
-        return {"sums": sums, "counts": counts}
+    @property
+    def precompute_s(self) -> float | None:
+        """Seconds spent precomputing reference log-probs here (``None``: reused, or not precomputed)."""
+        return self.reference.precompute_s if self.reference is not None else None
 
     # ---------------------------------------------------------------------- loss
     def pair_loss(
@@ -326,9 +167,9 @@ class DPO(Objective):
     def loss(self, module, batch: dict, stage: str) -> tuple[torch.Tensor, dict[str, Any]]:
         ref_sums = None
         if self.spec.uses_reference:
-            if self._reference is None:
+            if self.reference is None:
                 raise ConfigError("objective=dpo: setup(module) was not called, so there is no reference")
-            ref_sums, ref_counts = self._reference(module, batch, stage)  # first: no policy graph held yet
+            ref_sums, ref_counts = self.reference(module, batch, stage)  # first: no policy graph held yet
         sums, counts = self._logps(module.model, batch)
         if ref_sums is not None and not torch.equal(ref_counts.to(counts.dtype), counts):
             raise DataError(

@@ -40,16 +40,12 @@ from torch.utils.checkpoint import checkpoint
 
 from zhilu.data.encode import IGNORE_INDEX
 from zhilu.errors import ConfigError
+from zhilu.model.runtime import base_causal_lm  # noqa: F401 - also imported from here by callers
 
 LOSS_IMPLS = ("auto", "torch", "chunked", "liger")
 #: ``objective.logits_budget_mb``: one LM-head chunk's fp32 logits (128 tokens at Llama-3's 128,256 vocabulary,
 #: 2,728 at the embedded default's 6,150); the step's extra peak is about twice this (logits + log-softmax)
 DEFAULT_LOGITS_BUDGET_MB = 64.0
-
-
-def base_causal_lm(model):
-    """The ``*ForCausalLM`` under a peft wrapper (its layers carry the live adapters)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 # ----------------------------------------------------------------------------- decoder layouts

@@ -65,7 +65,7 @@ class LocalLM:
         self.max_context = max_context
         self.model = None
         self.tokenizer = None
-        self.truncated_prompts = 0
+        self.prompt = None
 
     @property
     def identity(self) -> str:
@@ -88,19 +88,19 @@ class LocalLM:
             return
         import torch
 
+        from zhilu.model.runtime import load_model
+
         if self.builder is None:
             raise ConfigError("generator=local needs a model (conf/model, or model.path=<export>)")
         torch.manual_seed(self.seed)
-        self.tokenizer = self.builder.load_tokenizer()
-        model = self.builder.build(self.tokenizer)
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
-        self.model = model.to(device).eval()
+        self.model, self.tokenizer = load_model(self.builder, self.device)
         self._setup()
 
     def _setup(self) -> None:
-        from zhilu.data.encode import ChatEncoder
+        from zhilu.model.runtime import GenerationPrompt
 
-        self.encoder = ChatEncoder(self.tokenizer, max_length=10**9)
+        self.prompt = GenerationPrompt(self.tokenizer)
+        self.encoder = self.prompt.encoder
         self.pad_id = self.tokenizer.pad_token_id
         cfg = self.model.generation_config
         eos = cfg.eos_token_id if cfg is not None else None
@@ -110,25 +110,18 @@ class LocalLM:
             self.max_context = getattr(self.model.config, "max_position_embeddings", 8192)
 
     # ------------------------------------------------------------------ batching
+    @property
+    def truncated_prompts(self) -> int:
+        """Prompts cut to fit the context (BOS and the end kept)."""
+        return self.prompt.truncated if self.prompt is not None else 0
+
     def _prompt_ids(self, messages: Messages, prefix: str, new_tokens: int) -> list[int]:
-        ids = self.encoder.prompt(messages) + self.encoder.text(prefix)
-        budget = max(8, self.max_context - new_tokens)
-        if len(ids) > budget:
-            self.truncated_prompts += 1
-            ids = [ids[0], *ids[len(ids) - budget + 1:]]  # keep BOS and the end (question, headers)
-        return ids
+        return self.prompt(messages, prefix, budget=max(8, self.max_context - new_tokens))
 
     def _left_pad(self, seqs: list[list[int]]):
-        import torch
+        from zhilu.model.runtime import pad_rows
 
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, width - len(s):] = 1
-        dev = self.model.device
-        return ids.to(dev), mask.to(dev)
+        return pad_rows(seqs, self.pad_id, self.model.device, side="left")
 
     def _batches(self, encoded: list[list[int]]) -> Iterator[list[int]]:
         order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))

@@ -61,7 +61,7 @@ class RunMetrics(L.Callback):
         trainable, total = pl_module.param_counts
         self.metrics.update({"trainable_params": trainable, "total_params": total,
                              "adapter": pl_module.adapter.name,
-                             "objective": type(pl_module.objective).__name__.lower(),
+                             "objective": pl_module.objective.name,
                              "model": pl_module.builder.name, "status": "running"})
         dm = getattr(trainer, "datamodule", None)
         if dm is not None and getattr(dm, "stats", None):
@@ -69,7 +69,7 @@ class RunMetrics(L.Callback):
         self._setup_flops(trainer, pl_module, trainable, total)
 
     def _setup_flops(self, trainer, pl_module, trainable: int, total: int) -> None:
-        from zhilu.objectives.logps import base_causal_lm
+        from zhilu.model.runtime import base_causal_lm
         from zhilu.train import flops
         from zhilu.train.strategies import is_fsdp_wrapped
 

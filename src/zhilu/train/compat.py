@@ -1,10 +1,15 @@
-"""Adapter x objective x strategy pairs that an engine cannot run, refused before anything loads."""
+"""Adapter x objective x strategy pairs that an engine cannot run, refused before anything loads.
+
+Reads what adapters and objectives state (``adapter.shardable``, ``adapter.reference``,
+``objective.needs_reference``, ``objective.precompute_ref``), never their names.
+"""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
 from zhilu.errors import ConfigError
+from zhilu.objectives import reference
 from zhilu.train.strategies import strategy_name
 
 
@@ -47,22 +52,10 @@ def check(cfg: DictConfig, adapter, objective) -> None:
             "state dict offloads it to CPU, which frees the gathered weights when they are on CPU already "
             "(a segfault in torch's FSDP); use state_dict_type=sharded (the default)"
         )
-    if adapter.name == "badam" and kind == "fsdp":
+    if not adapter.shardable and kind == "fsdp":
+        raise ConfigError(f"adapter={adapter.name} with trainer=fsdp is not supported: {adapter.unshardable_reason}")
+    if not adapter.shardable and kind != "single" and n > 1:
         raise ConfigError(
-            "adapter=badam with trainer=fsdp is not supported: BAdam switches which parameters train "
-            "(requires_grad) and swaps its optimizer's parameters during the run, which FSDP's flat "
-            "parameters cannot follow once wrapped; train BAdam with trainer=cpu|gpu (its memory is close to LoRA's)"
+            f"adapter={adapter.name} with trainer={kind} on {n} devices is not supported: {adapter.unshardable_reason}"
         )
-    if adapter.name == "badam" and kind != "single" and n > 1:
-        raise ConfigError(
-            f"adapter=badam with trainer={kind} on {n} devices is not supported: BAdam switches which "
-            "parameters have gradients every adapter.switch_interval steps, which DDP/FSDP/ZeRO gradient "
-            "buckets cannot follow; train BAdam on one device (its memory is close to LoRA's)"
-        )
-    needs_copy = getattr(objective, "needs_reference_copy", None)
-    if callable(needs_copy) and needs_copy(adapter) and (kind == "fsdp" or (kind == "deepspeed" and stage == 3)):
-        raise ConfigError(
-            f"objective=dpo with adapter={adapter.name} needs a frozen copy of the policy as reference, which "
-            f"cannot be copied from a model sharded by trainer={kind}; use a peft adapter (its reference is "
-            "the adapter switched off), a reference-free loss (simpo, orpo), or ZeRO stage 2"
-        )
+    reference.check(adapter, objective, engine=kind, sharded=kind == "fsdp" or (kind == "deepspeed" and stage == 3))

@@ -88,10 +88,10 @@ class GenerationSpeed(L.Callback):
 
     # ------------------------------------------------------------- measuring
     def prompt_ids(self, tokenizer) -> list[list[int]]:
-        from zhilu.data.encode import ChatEncoder
+        from zhilu.model.runtime import GenerationPrompt
 
-        enc = ChatEncoder(tokenizer, max_length=10**9)
-        return [enc.prompt([{"role": "user", "content": p}]) for p in self.prompts]
+        prompt = GenerationPrompt(tokenizer)
+        return [prompt([{"role": "user", "content": p}]) for p in self.prompts]
 
     def measure(self, pl_module) -> dict[str, Any]:
         """Time the live model and its merged copy; return the ``gen_*`` figures."""
@@ -154,7 +154,7 @@ class GenerationSpeed(L.Callback):
 
 def merged_copy(adapter, model: nn.Module) -> nn.Module:
     """A plain ``*ForCausalLM`` holding ``adapter``'s merged weights, on the live model's device/dtype."""
-    from zhilu.objectives.logps import base_causal_lm
+    from zhilu.model.runtime import base_causal_lm
 
     from transformers import AutoModelForCausalLM
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any, Callable
+from typing import Callable
 
 import lightning as L
 import torch
@@ -115,9 +115,6 @@ class ZhiluModule(L.LightningModule):
                 for lg in self.loggers:
                     lg.log_metrics({f"packing/{k}": float(v) for k, v in stats.items()}, step=self.global_step)
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self.adapter.on_train_batch_start(self, batch_idx)
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, logs = self.objective.loss(self, batch, "train")
         bs = int(batch["num_sequences"])
@@ -161,11 +158,7 @@ class ZhiluModule(L.LightningModule):
             keep = {clean_name(k) for k in keep}  # FSDP/activation-checkpointing wrappers in the names
             sd = checkpoint["state_dict"]
             checkpoint["state_dict"] = {k: v for k, v in sd.items() if k.removeprefix("model.") in keep}
-        if hasattr(self.adapter, "state_dict"):
-            checkpoint["adapter_state"] = self.adapter.state_dict()
         checkpoint["rng_states"] = rng.collect()  # every rank's: a resumed run draws the same dropout masks
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "adapter_state" in checkpoint and hasattr(self.adapter, "load_state_dict"):
-            self.adapter.load_state_dict(checkpoint["adapter_state"])
         rng.restore(checkpoint.get("rng_states"))
