@@ -36,6 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 from zhilu.data.datamodule import ChatDataModule, ListDataset  # noqa: E402
+from zhilu.utils import resolvers  # noqa: E402,F401 - the configs' resolvers
 
 
 def peak_rss_mb() -> float:
@@ -101,7 +102,7 @@ class LegacyDataModule(ChatDataModule):
 def tokenizer():
     from zhilu.model import ModelBuilder
 
-    return ModelBuilder().load_tokenizer()  # the shipped tokenizer (the embedded default model's)
+    return ModelBuilder(config={"hidden_size": 64}).load_tokenizer()  # the shipped tokenizer (the embedded default model's)
 
 
 def worker_prep(args) -> dict:
@@ -197,6 +198,7 @@ def main() -> None:
     p.add_argument("--sizes", default="10k,100k,1m")
     p.add_argument("--legacy-sizes", default="10k,100k")
     p.add_argument("--clean-sizes", default="1m")
+    p.add_argument("--np1-max", default="100k", help="largest size also prepared with 1 process (rows/s ratio)")
     p.add_argument("--work", default=str(ROOT / "logs" / "bench_data_scale"))
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -215,7 +217,7 @@ def main() -> None:
         d.mkdir(exist_ok=True)
         data = make_rows(n, d / "rows.jsonl")
         row: dict = {"rows": n}
-        for procs in (1, 2):
+        for procs in ((1, 2) if n <= parse_size(args.np1_max) else (2,)):
             cache = d / f"cache_np{procs}"
             subprocess.run(["rm", "-rf", str(cache)], check=True)
             r = run_worker("prep", data=data, cache=cache, num_proc=procs)
@@ -247,12 +249,18 @@ def main() -> None:
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         legacy = f"{r['legacy_peak_rss_mb']:,.0f}" if "legacy_peak_rss_mb" in r else "–"
-        lines.append(f"| {human(r['rows'])} | {r['tokens']:,} | {r['prep_np1_s']:.1f} | {r['rows_per_s_np1']:,.0f} | "
+        np1 = (f"{r['prep_np1_s']:.1f} | {r['rows_per_s_np1']:,.0f}" if "prep_np1_s" in r else "– | –")
+        ratio = f"{r['rows_per_s_np2'] / r['rows_per_s_np1']:.2f}x" if "prep_np1_s" in r else "–"
+        lines.append(f"| {human(r['rows'])} | {r['tokens']:,} | {np1} | "
                      f"{r['prep_np2_s']:.1f} | {r['rows_per_s_np2']:,.0f} | "
-                     f"{r['rows_per_s_np2'] / r['rows_per_s_np1']:.2f}x | {r['hit_setup_s']:.2f} | {r['pack_s']:.2f} | "
+                     f"{ratio} | {r['hit_setup_s']:.2f} | {r['pack_s']:.2f} | "
                      f"{r['train_peak_rss_mb']:,.0f} | {r['train_peak_rss_mb'] - base['train_peak_rss_mb']:+,.0f} | "
                      f"{legacy} |")
     print("\n".join(lines))
+    per_core = max((r["rows_per_s_np2"] / 2 for r in results), default=0)
+    if per_core:
+        print(f"per-core rate (2 processes / 2, best size): {per_core:,.0f} rows/s -> 20M rows on 64 cores: "
+              f"{20e6 / (per_core * 64) / 60:.0f} min (linear scaling assumed)")
     for r in results:
         if "clean_s" in r:
             print(f"clean {human(r['rows'])} rows (exact + MinHash, 2 processes): {r['clean_s']:.0f} s, "

@@ -306,3 +306,24 @@ def test_two_gloo_processes_build_the_store_once(tmp_path):
     assert sorted(s["rank"] for s in seen) == [0, 1]
     assert len({s["store"] for s in seen}) == 1 and all(s["examples"] == 40 for s in seen)
     assert len(list(Path(tmp_path / "cache").glob("d-*/meta.json"))) == 1
+
+
+def test_hub_names_go_to_load_dataset(tmp_path, tokenizer, monkeypatch):
+    """``hf://<name>`` is passed to ``datasets.load_dataset`` (here a stand-in returning local rows:
+    no hub is reachable from the tests); its fingerprint keys the store."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, split=None):
+        calls.append((name, split))
+        return datasets.Dataset.from_list([{"messages": m} for m in DIALOGUES])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    dm = ChatDataModule(train_files=[{"path": "hf://org/finance-chat", "split": "train[:4]"}], tokenizer=tokenizer,
+                        cache_dir=str(tmp_path / "cache"))
+    dm.setup()
+    assert calls and set(calls) == {("org/finance-chat", "train[:4]")}
+    same(list(dm.train_examples), reference([{"messages": m} for m in DIALOGUES], "chat", "sft", tokenizer, 1024))
+    with pytest.raises(DataError, match="nope.jsonl: data file not found"):
+        dm_for(tmp_path / "nope.jsonl", tokenizer, tmp_path / "cache")

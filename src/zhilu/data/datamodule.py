@@ -26,7 +26,7 @@ from zhilu.data.kinds import KINDS, check_format, get_kind  # noqa: F401 - KINDS
 from zhilu.data.packing import pack_bfd, packing_stats
 from zhilu.data.sampler import ReplayableRandomSampler
 from zhilu.data.store import (
-    DROPPED, FAILED, TRUNCATED, Input, TokenStore, encoder_args, open_store, token_config, tokenizer_fingerprint,
+    FAILED, Input, TokenStore, encoder_args, open_store, token_config, tokenizer_fingerprint,
 )
 from zhilu.errors import ConfigError, DataError
 
@@ -234,6 +234,7 @@ class ChatDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self._stores: dict[Input, TokenStore] = {}
         self._tokenizer_hash: str | None = None
+        self._stat_keys: list[str] = ["truncated", "dropped_overlong"]
         self._sampler: ReplayableRandomSampler | None = None
         self._resume_state: dict | None = None  # the data order of a checkpoint, for the next train loader
 
@@ -260,7 +261,8 @@ class ChatDataModule(L.LightningDataModule):
     def _check_encoding(self) -> None:
         if self.tokenizer is None:
             raise ConfigError(f"{type(self).__name__} needs a tokenizer (train.py passes the model's)")
-        ChatEncoder(self.tokenizer, **encoder_args(self.token_config))  # bad max_length/overlong: one line, now
+        enc = ChatEncoder(self.tokenizer, **encoder_args(self.token_config))  # bad max_length/overlong: one line, now
+        self._stat_keys = list(enc.stats)
 
     def store(self, inp: Input) -> TokenStore:
         """The tokenized store of ``inp`` (built on first use when ``prepare_data`` did not)."""
@@ -300,10 +302,13 @@ class ChatDataModule(L.LightningDataModule):
         self.stats[f"{split}/skipped_rows"] = self._problems(stores, split)
         offsets = np.cumsum([0] + [len(st) for st in stores])
         refs = np.concatenate([st.usable() + off for st, off in zip(stores, offsets)]) if stores else np.zeros(0)
-        status = np.concatenate([st.status for st in stores])
-        self.stats[f"{split}/truncated"] = int((status == TRUNCATED).sum())
-        self.stats[f"{split}/dropped_overlong"] = int((status == DROPPED).sum())
+        self.add_encoder_stats(split, [st.encoder_stats() for st in stores])
         return StoreView(stores, refs)
+
+    def add_encoder_stats(self, split: str, per_store: Sequence[dict]) -> None:
+        """``split/<key>`` for every count the encoder keeps (``ChatEncoder.stats``), summed over stores."""
+        for key in dict.fromkeys([*self._stat_keys, *(k for d in per_store for k in d)]):
+            self.stats[f"{split}/{key}"] = sum(d.get(key, 0) for d in per_store)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_examples is not None:

@@ -37,7 +37,7 @@ import numpy as np
 from zhilu.data.datamodule import ChatDataModule, StoreView
 from zhilu.data.encode import encode_text  # noqa: F401 - re-exported: text windows live in encode.py
 from zhilu.data.formats import iter_rows
-from zhilu.data.store import BAD_ROW, DROPPED, TRUNCATED, Input
+from zhilu.data.store import BAD_ROW, TRUNCATED, Input
 from zhilu.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -311,8 +311,9 @@ class MixtureDataModule(ChatDataModule):
         counts = ends - starts
         refs = np.repeat(starts - np.cumsum(np.r_[0, counts[:-1]]), counts) + np.arange(int(counts.sum()))
         status = np.concatenate([st.status for st in stores])[refs]
-        self.stats["train/truncated"] = int((status == TRUNCATED).sum())
-        self.stats["train/dropped_overlong"] = int((status == DROPPED).sum())
+        offsets = np.cumsum([0] + [len(st) for st in stores])
+        which = np.searchsorted(offsets, refs, side="right") - 1
+        self.add_encoder_stats(split, [st.encoder_stats(refs[which == i] - offsets[i]) for i, st in enumerate(stores)])
         view = StoreView(stores, refs[status <= TRUNCATED], labels)
         index = {s.name: i for i, s in enumerate(sources)}
         source_of = np.asarray([index[lab] for lab in labels], dtype=np.int64)

@@ -51,7 +51,7 @@ from zhilu.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-STORE_VERSION = 1
+STORE_VERSION = 2
 OK, TRUNCATED, DROPPED, BAD_ROW, FAILED = range(5)
 STATUS_NAMES = ("ok", "truncated", "dropped_overlong", "bad_row", "failed")
 # data config keys that change batching, splitting or packing, never the tokens of an example
@@ -70,7 +70,7 @@ def _features():
     return Features({
         "line": Value("int64"), "status": Value("int8"), "length": Value("int32"),
         "input_ids": List(List(Value("int32"))), "label_mask": List(List(Value("bool"))),
-        "message": Value("string"), "meta": Value("string"),
+        "message": Value("string"), "meta": Value("string"), "stats": Value("string"),
     })
 
 
@@ -173,9 +173,9 @@ class EncodeRows:
             self.encoder = ChatEncoder(self.tokenizer, **self.encoder_args)
         enc = self.encoder
         out: dict[str, list] = {k: [] for k in ("line", "status", "length", "input_ids", "label_mask",
-                                                  "message", "meta")}
+                                                  "message", "meta", "stats")}
 
-        def emit(line, status, ids=(), mask=(), message=None, meta=None):
+        def emit(line, status, ids=(), mask=(), message=None, meta=None, stats=None):
             out["line"].append(line)
             out["status"].append(status)
             out["length"].append(sum(len(s) for s in ids))
@@ -183,6 +183,7 @@ class EncodeRows:
             out["label_mask"].append(list(mask))
             out["message"].append(message)
             out["meta"].append(json.dumps(meta, ensure_ascii=False) if meta else None)
+            out["stats"].append(json.dumps(stats) if stats else None)
 
         where = self.inp.numbering
         for number, row, err in self._rows(batch, indices):
@@ -191,19 +192,21 @@ class EncodeRows:
                 emit(number, BAD_ROW, message=err)
                 continue
             what = row_error(self.inp.path, number, where, "")[:-2]
-            truncated = enc.stats["truncated"]
+            before = dict(enc.stats)
             try:
                 examples = self.kind.encode(enc, parsed, what)
             except ConfigError as exc:
                 emit(number, FAILED, message=str(exc))
                 continue
+            # whatever the encoder counts (truncated, dropped, tokens lost, ...), per row, on its first entry
+            delta = {k: v - before.get(k, 0) for k, v in enc.stats.items() if v != before.get(k, 0)}
             if not examples:
-                emit(number, DROPPED)
+                emit(number, DROPPED, stats=delta)
                 continue
-            status = TRUNCATED if enc.stats["truncated"] > truncated else OK
-            for ex in examples:
+            status = TRUNCATED if delta.get("truncated") else OK
+            for i, ex in enumerate(examples):
                 emit(number, status, ex.input_ids, [_mask(ids, lab) for ids, lab in zip(ex.input_ids, ex.labels)],
-                     meta=ex.meta)
+                     meta=ex.meta, stats=delta if i == 0 else None)
         return out
 
 
@@ -284,16 +287,18 @@ class TokenStore:
     read once, token ids only for the examples asked for."""
 
     def __init__(self, path: str | Path) -> None:
-        from datasets import Dataset, concatenate_datasets
+        import pyarrow as pa
 
         self.path = Path(path)
         self.meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
-        parts = [Dataset.from_file(str(self.path / f)) for f in self.meta["files"]]
-        self.dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
-        self.table = self.dataset.data.table
+        # the Arrow IPC stream files datasets wrote, memory-mapped as datasets.Dataset.from_file does
+        # (without importing datasets at every start): the buffers stay in the page cache, not in the heap
+        tables = [pa.ipc.open_stream(pa.memory_map(str(self.path / f))).read_all() for f in self.meta["files"]]
+        self.table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         self.line = self.table.column("line").to_numpy()
         self.status = self.table.column("status").to_numpy()
         self.length = self.table.column("length").to_numpy()
+        self._stats: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.status)
@@ -309,6 +314,27 @@ class TokenStore:
     def counts(self, entries: np.ndarray | None = None) -> dict[str, int]:
         status = self.status if entries is None else self.status[entries]
         return dict(zip(STATUS_NAMES, np.bincount(status, minlength=len(STATUS_NAMES)).tolist()))
+
+    def encoder_stats(self, entries: np.ndarray | None = None) -> dict[str, int]:
+        """The encoder's counts (``ChatEncoder.stats``: truncated, dropped_overlong, ...) summed over
+        ``entries`` (all when ``None``; repeated entries count again)."""
+        if self._stats is None:
+            import pyarrow.compute as pc
+
+            col = self.table.column("stats")
+            idx = np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False))
+            rows = [json.loads(x) for x in col.take(idx).to_pylist()] if len(idx) else []
+            keys = sorted({k for r in rows for k in r})
+            self._stats = (idx, {k: np.array([r.get(k, 0) for r in rows], dtype=np.int64) for k in keys})
+        idx, values = self._stats
+        if entries is None:
+            return {k: int(v.sum()) for k, v in values.items()}
+        entries = np.asarray(entries, dtype=np.int64)
+        if not len(idx) or not len(entries):
+            return dict.fromkeys(values, 0)
+        pos = np.searchsorted(idx, entries).clip(max=len(idx) - 1)
+        hit = pos[idx[pos] == entries]
+        return {k: int(v[hit].sum()) for k, v in values.items()}
 
     def problems(self) -> np.ndarray:
         return np.flatnonzero(self.status >= BAD_ROW)
