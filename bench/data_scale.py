@@ -168,7 +168,7 @@ def worker_clean(args) -> dict:
     out = Path(args.cache).parent / "clean" / "clean.jsonl"
     t0 = time.perf_counter()
     report = clean_main([args.data, "--format", "chat", "--out", str(out), "--num-proc", str(args.num_proc or 2)])
-    return {"clean_s": time.perf_counter() - t0, "kept": report["kept"], "read": report["read"],
+    return {"clean_s": time.perf_counter() - t0, "kept": report["rows_kept"], "read": report["rows_read"],
             "peak_rss_mb": max(peak_rss_mb(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
 
 

@@ -327,3 +327,43 @@ def test_hub_names_go_to_load_dataset(tmp_path, tokenizer, monkeypatch):
     same(list(dm.train_examples), reference([{"messages": m} for m in DIALOGUES], "chat", "sft", tokenizer, 1024))
     with pytest.raises(DataError, match="nope.jsonl: data file not found"):
         dm_for(tmp_path / "nope.jsonl", tokenizer, tmp_path / "cache")
+
+
+def test_a_pickled_split_maps_the_store_again(tmp_path, tokenizer):
+    """What a spawned DataLoader worker or rank receives: the store's path, not its data."""
+    import pickle
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": m} for m in DIALOGUES])
+    dm = dm_for(path, tokenizer, tmp_path / "cache")
+    blob = pickle.dumps(dm.train_examples)
+    assert len(blob) < 2000
+    same(list(pickle.loads(blob)), list(dm.train_examples))
+
+
+def test_prepare_builds_what_training_then_only_maps(sft_dir, tmp_path, tokenizer, count_calls, capsys):
+    """``python -m zhilu.data.prepare data=...`` (same config group and tokenizer as train.py) builds the
+    stores; the training config finds them and tokenizes nothing."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    from tests.conftest import ROOT, TINY, compose_train, fast_overrides
+    from zhilu.data.prepare import prepare
+
+    cache = tmp_path / "cache"
+    model = [f"model.config.{k}={v}" for k, v in TINY.items()]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("prepare", overrides=[f"paths.data_dir={sft_dir}", f"paths.cache_dir={cache}", *model])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "prep")
+    stats = prepare(cfg)
+    assert stats["train/examples"] == 16 and stats["val/examples"] == 4 and count_calls["n"] > 0
+    assert "16 rows -> 16 examples" in capsys.readouterr().out
+    before = count_calls["n"]
+    train_cfg = compose_train(fast_overrides(sft_dir, f"paths.cache_dir={cache}"), tmp_path / "run")
+    dm = instantiate(train_cfg.data, tokenizer=tokenizer)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert count_calls["n"] == before and len(dm.train_examples) == 16

@@ -303,6 +303,12 @@ class TokenStore:
     def __len__(self) -> int:
         return len(self.status)
 
+    def __getstate__(self) -> dict:  # a spawned DataLoader worker or rank maps the files again
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
+
     @property
     def source(self) -> str:
         return self.meta["input"]
