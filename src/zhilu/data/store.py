@@ -217,14 +217,17 @@ def _mask(ids: Sequence[int], labels: Sequence[int]) -> list[bool]:
 
 
 # -------------------------------------------------------------------------------------- keys
-_CODE_MODULES = ("zhilu.data.encode", "zhilu.data.formats", "zhilu.data.kinds", "zhilu.data.store",
-                 "zhilu.model.chat_template")
+_CODE_MODULES = ("zhilu.data.encode", "zhilu.data.formats", "zhilu.data.kinds", "zhilu.model.chat_template")
 
 
 def code_fingerprint(extra_modules: Sequence[str] = ()) -> str:
-    """Hash of the source of the modules that turn rows into tokens."""
+    """Hash of the source of what turns rows into tokens: the reading and encoding modules, and of this
+    module the per-row function and the stored columns (not the loading code, so changing how a store
+    is read does not rebuild it)."""
     h = hashlib.sha256()
-    for name in sorted(set(_CODE_MODULES) | set(extra_modules)):
+    for obj in (EncodeRows, _mask, _features):
+        h.update(inspect.getsource(obj).encode())
+    for name in sorted((set(_CODE_MODULES) | set(extra_modules)) - {__name__}):
         module = sys.modules.get(name)
         path = getattr(module, "__file__", None)
         if path and Path(path).is_file():
@@ -295,9 +298,9 @@ class TokenStore:
         # (without importing datasets at every start): the buffers stay in the page cache, not in the heap
         tables = [pa.ipc.open_stream(pa.memory_map(str(self.path / f))).read_all() for f in self.meta["files"]]
         self.table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-        self.line = self.table.column("line").to_numpy()
-        self.status = self.table.column("status").to_numpy()
-        self.length = self.table.column("length").to_numpy()
+        self.line = _numpy(self.table.column("line"), np.int64)
+        self.status = _numpy(self.table.column("status"), np.int8)
+        self.length = _numpy(self.table.column("length"), np.int32)
         self._stats: tuple | None = None
 
     def __len__(self) -> int:
@@ -328,7 +331,11 @@ class TokenStore:
             import pyarrow.compute as pc
 
             col = self.table.column("stats")
-            idx = np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False))
+            idx, start = [], 0
+            for chunk in col.chunks:
+                idx.append(_numpy(pc.indices_nonzero(pc.is_valid(chunk)), np.uint64).astype(np.int64) + start)
+                start += len(chunk)
+            idx = np.concatenate(idx) if idx else np.zeros(0, np.int64)
             rows = [json.loads(x) for x in col.take(idx).to_pylist()] if len(idx) else []
             keys = sorted({k for r in rows for k in r})
             self._stats = (idx, {k: np.array([r.get(k, 0) for r in rows], dtype=np.int64) for k in keys})
@@ -375,6 +382,15 @@ class TokenStore:
             labels = [[t if m else IGNORE_INDEX for t, m in zip(ids, mask)] for ids, mask in zip(seqs, masks)]
             out.append(Example(seqs, labels, json.loads(meta) if meta else {}))
         return out
+
+
+def _numpy(column, dtype) -> np.ndarray:
+    """A fixed-width Arrow column (chunked or not, no nulls) as one numpy array, read from its buffers
+    (``to_numpy`` would import pandas: seconds at every start)."""
+    chunks = getattr(column, "chunks", [column])
+    size = np.dtype(dtype).itemsize
+    parts = [np.frombuffer(c.buffers()[1], dtype=dtype, count=len(c), offset=c.offset * size) for c in chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
 _TEMP_ROOT: str | None = None
@@ -436,12 +452,12 @@ def build_store(inp: Input, kind: DataKind, config: Mapping[str, Any], tokenizer
                      cache_file_name=str(tmp / "data.arrow"), new_fingerprint=key, load_from_cache_file=False,
                      desc=f"tokenizing {Path(inp.path).name}")
         files = [os.path.relpath(f["filename"], tmp) for f in ds.cache_files]
-        status = ds.data.table.column("status").to_numpy()
+        status = _numpy(ds.data.table.column("status"), np.int8)
         counts = dict(zip(STATUS_NAMES, np.bincount(status, minlength=len(STATUS_NAMES)).tolist()))
         seconds = time.perf_counter() - t0
         meta = {"key": key, "input": inp.path, "format": inp.format, "kind": kind.name, "numbering": inp.numbering,
-                "files": files, "entries": len(status), "rows": int(len(np.unique(ds.data.table.column("line")))),
-                "counts": counts, "tokens": int(ds.data.table.column("length").to_numpy().sum()),
+                "files": files, "entries": len(status), "rows": int(len(np.unique(_numpy(ds.data.table.column("line"), np.int64)))),
+                "counts": counts, "tokens": int(_numpy(ds.data.table.column("length"), np.int32).sum(dtype=np.int64)),
                 "num_proc": procs, "build_s": round(seconds, 3), "built_by": os.getpid(), "material": material}
         del ds, raw
         shutil.rmtree(tmp / "raw", ignore_errors=True)
