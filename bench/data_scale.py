@@ -102,7 +102,7 @@ class LegacyDataModule(ChatDataModule):
 def tokenizer():
     from zhilu.model import ModelBuilder
 
-    return ModelBuilder(config={"hidden_size": 64}).load_tokenizer()  # the shipped tokenizer (the embedded default model's)
+    return ModelBuilder(config={"hidden_size": 64}).load_tokenizer()  # the shipped tokenizer
 
 
 def worker_prep(args) -> dict:

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import DIALOGUES, write_jsonl
 from zhilu.data.datamodule import ChatDataModule
 from zhilu.data.encode import IGNORE_INDEX, ChatEncoder, Example
-from zhilu.data.formats import READERS, RowError, iter_rows
+from zhilu.data.formats import READERS, RowError
 from zhilu.data.kinds import KINDS, DataKind, get_kind, register_kind
 from zhilu.data.packing import bfd_order, best_fit_decreasing, pack_bfd, place_bfd
 from zhilu.data.store import token_config
@@ -23,7 +23,8 @@ from zhilu.errors import ConfigError, DataError
 PAIRS = [{"messages": d[:-1], "chosen": d[-1]["content"], "rejected": "不知道。"} for d in DIALOGUES]
 ALPACA = [{"instruction": f"问题{i}", "input": "本金1000元" if i % 2 else "", "output": f"回答{i}" * (i + 1)}
           for i in range(6)]
-SHAREGPT = [{"conversations": [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "你好！有什么可以帮您？"}]}]
+SHAREGPT = [{"conversations": [{"from": "human", "value": "你好"},
+                               {"from": "gpt", "value": "你好！有什么可以帮您？"}]}]
 TEXT = [{"text": "个人征信报告中的不良信息保留五年。" * k} for k in (1, 6)]
 
 
@@ -245,7 +246,8 @@ def test_mixture_samples_indices_into_the_stores(tmp_path, tokenizer):
     t = write_jsonl(tmp_path / "t.jsonl", TEXT)
     dm = MixtureDataModule(sources={"a": {"files": [str(a)], "weight": 0.8}, "t": {"files": [str(t)], "format": "text",
                                                                                       "weight": 0.2}},
-                           total=10, val_files=[], tokenizer=tokenizer, cache_dir=str(tmp_path / "cache"), max_length=48)
+                           total=10, val_files=[], tokenizer=tokenizer, cache_dir=str(tmp_path / "cache"),
+                           max_length=48)
     dm.setup()
     by = {s.name: s for s in dm.report.sources}
     assert (by["a"].sampled, by["a"].unique) == (8, 4)  # 4 rows, each drawn twice: repeated indices

@@ -329,7 +329,8 @@ class ChatDataModule(L.LightningDataModule):
         if self.limit_val_samples:
             val = val.subset(np.arange(min(self.limit_val_samples, len(val))))
         if not len(train):
-            raise DataError(f"no usable training examples in {', '.join(i.path for i in self._sources(self.train_files))}")
+            files = ", ".join(i.path for i in self._sources(self.train_files))
+            raise DataError(f"no usable training examples in {files}")
         self.train_examples, self.val_examples = train, (val if len(val) else [])
         self.stats["train/examples"] = len(train)
         self.stats["val/examples"] = len(val)

@@ -456,7 +456,8 @@ def build_store(inp: Input, kind: DataKind, config: Mapping[str, Any], tokenizer
         counts = dict(zip(STATUS_NAMES, np.bincount(status, minlength=len(STATUS_NAMES)).tolist()))
         seconds = time.perf_counter() - t0
         meta = {"key": key, "input": inp.path, "format": inp.format, "kind": kind.name, "numbering": inp.numbering,
-                "files": files, "entries": len(status), "rows": int(len(np.unique(_numpy(ds.data.table.column("line"), np.int64)))),
+                "files": files, "entries": len(status),
+                "rows": int(len(np.unique(_numpy(ds.data.table.column("line"), np.int64)))),
                 "counts": counts, "tokens": int(_numpy(ds.data.table.column("length"), np.int32).sum(dtype=np.int64)),
                 "num_proc": procs, "build_s": round(seconds, 3), "built_by": os.getpid(), "material": material}
         del ds, raw
