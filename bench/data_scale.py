@@ -43,6 +43,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def anon_rss_mb() -> float:
+    """Resident anonymous memory now (heap: Python objects, arrays), without the store's file-backed pages,
+    which the page cache shares between processes and can evict."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def parse_size(s: str) -> int:
     s = s.strip().lower()
     mult = {"k": 1_000, "m": 1_000_000}.get(s[-1], 1)
@@ -158,7 +167,7 @@ def worker_train(args, legacy: bool) -> dict:
     HydraConfig().set_config(cfg)
     t0 = time.perf_counter()
     metrics = train(cfg)
-    return {"train_run_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
+    return {"train_run_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "anon_rss_mb": anon_rss_mb(),
             "train_loss": metrics.get("train_loss")}
 
 
@@ -229,11 +238,12 @@ def main() -> None:
         row.update(hit_setup_s=r["hit_setup_s"], pack_s=r["pack_s"], examples=r["examples"])
         print(f"{human(n)}: cache hit setup {r['hit_setup_s']:.2f} s, packing {r['pack_s']:.2f} s", flush=True)
         r = run_worker("train", data=data, cache=cache)
-        row["train_peak_rss_mb"] = r["peak_rss_mb"]
-        print(f"{human(n)}: train peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        row["train_peak_rss_mb"], row["train_anon_rss_mb"] = r["peak_rss_mb"], r["anon_rss_mb"]
+        print(f"{human(n)}: train peak RSS {r['peak_rss_mb']:.0f} MB (anonymous at the end {r['anon_rss_mb']:.0f} MB)",
+              flush=True)
         if n in legacy_sizes:
             r = run_worker("legacy", data=data, cache=cache)
-            row["legacy_peak_rss_mb"] = r["peak_rss_mb"]
+            row["legacy_peak_rss_mb"], row["legacy_anon_rss_mb"] = r["peak_rss_mb"], r["anon_rss_mb"]
             row["legacy_run_s"] = r["train_run_s"]
             print(f"{human(n)}: in-memory path: peak RSS {r['peak_rss_mb']:.0f} MB, run {r['train_run_s']:.1f} s",
                   flush=True)

@@ -290,17 +290,29 @@ class TokenStore:
     read once, token ids only for the examples asked for."""
 
     def __init__(self, path: str | Path) -> None:
+        import mmap
+
         import pyarrow as pa
 
         self.path = Path(path)
         self.meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
-        # the Arrow IPC stream files datasets wrote, memory-mapped as datasets.Dataset.from_file does
-        # (without importing datasets at every start): the buffers stay in the page cache, not in the heap
-        tables = [pa.ipc.open_stream(pa.memory_map(str(self.path / f))).read_all() for f in self.meta["files"]]
+        # The Arrow IPC stream files datasets wrote, memory-mapped without copies (as datasets.Dataset.from_file
+        # does, without importing datasets at every start). MADV_RANDOM: no read-ahead, so reading the small
+        # columns and one batch's rows faults in those pages, not the megabytes around them.
+        tables = []
+        self._maps = []
+        for name in self.meta["files"]:
+            with open(self.path / name, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+                mm.madvise(mmap.MADV_RANDOM)
+            self._maps.append(mm)
+            tables.append(pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(mm))).read_all())
         self.table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         self.line = _numpy(self.table.column("line"), np.int64)
         self.status = _numpy(self.table.column("status"), np.int8)
         self.length = _numpy(self.table.column("length"), np.int32)
+        self._chunk_starts = np.cumsum([0] + [len(c) for c in self.table.column("line").chunks]).astype(np.int64)
         self._stats: tuple | None = None
 
     def __len__(self) -> int:
@@ -336,7 +348,7 @@ class TokenStore:
                 idx.append(_numpy(pc.indices_nonzero(pc.is_valid(chunk)), np.uint64).astype(np.int64) + start)
                 start += len(chunk)
             idx = np.concatenate(idx) if idx else np.zeros(0, np.int64)
-            rows = [json.loads(x) for x in col.take(idx).to_pylist()] if len(idx) else []
+            rows = [json.loads(x) for x in self._take("stats", idx)] if len(idx) else []
             keys = sorted({k for r in rows for k in r})
             self._stats = (idx, {k: np.array([r.get(k, 0) for r in rows], dtype=np.int64) for k in keys})
         idx, values = self._stats
@@ -372,13 +384,26 @@ class TokenStore:
         starts = np.flatnonzero(np.r_[True, self.line[1:] != self.line[:-1]])
         return starts, np.r_[starts[1:], n]
 
-    def examples(self, entries: Sequence[int]) -> list[Example]:
+    def _take(self, name: str, entries: np.ndarray) -> list:
+        """Values of column ``name`` at ``entries``, read chunk by chunk (a take on the whole chunked
+        column would first concatenate it: the entire column in memory)."""
         import pyarrow as pa
 
-        sub = self.table.take(pa.array(np.asarray(entries, dtype=np.int64)))
+        column = self.table.column(name)
+        which = np.searchsorted(self._chunk_starts, entries, side="right") - 1
+        out: list = [None] * len(entries)
+        for k in np.unique(which).tolist():
+            sel = np.flatnonzero(which == k)
+            local = pa.array(entries[sel] - self._chunk_starts[k], type=pa.int64())
+            for i, value in zip(sel.tolist(), column.chunk(k).take(local).to_pylist()):
+                out[i] = value
+        return out
+
+    def examples(self, entries: Sequence[int]) -> list[Example]:
+        entries = np.asarray(entries, dtype=np.int64)
         out = []
-        for seqs, masks, meta in zip(sub.column("input_ids").to_pylist(), sub.column("label_mask").to_pylist(),
-                                     sub.column("meta").to_pylist()):
+        for seqs, masks, meta in zip(self._take("input_ids", entries), self._take("label_mask", entries),
+                                     self._take("meta", entries)):
             labels = [[t if m else IGNORE_INDEX for t, m in zip(ids, mask)] for ids, mask in zip(seqs, masks)]
             out.append(Example(seqs, labels, json.loads(meta) if meta else {}))
         return out
