@@ -126,3 +126,38 @@ def test_run_steps_reports_every_step_in_order():
     assert [(r.step, r.rows_in, r.removed, r.rows_out) for r in reports] == [
         ("normalize", 3, 1, 2), ("exact_dedup", 2, 1, 1), ("length", 1, 0, 1)]
     assert [s for s, _ in removals] == ["normalize", "exact_dedup"]
+
+
+def test_streaming_cli_on_two_processes_equals_the_in_memory_steps(tmp_path, monkeypatch):
+    """``main`` (chunks on 2 processes, online dedup) keeps and removes exactly what ``run_steps`` does
+    on the whole list, with the same reasons, in the same order."""
+    import random
+
+    rng = random.Random(0)
+    base = ["信用卡逾期以后，银行会按照合同收取违约金和透支利息，逾期记录会上报征信系统，自不良行为终止之日起保留五年。",
+            "基金定投是指在固定的时间以固定的金额投资到指定的开放式基金中，类似于银行的零存整取，可以平摊成本。",
+            "个人住房贷款的还款方式主要有等额本息和等额本金两种，前者每月还款额固定，后者逐月递减，总利息更少。"]
+    rows = []
+    for i in range(3000):
+        text = rng.choice(base)
+        kind = rng.random()
+        if kind < 0.3:
+            text = text.replace("，", f"，第{rng.randint(0, 9)}", 1)  # a near duplicate
+        elif kind < 0.6:
+            text = f"{i}号问题的独立回答：" + "".join(rng.choice("利率贷款存款保险基金股票债券理财") for _ in range(40))
+        rows.append(chat(f"问题{i % 50}", text if rng.random() > 0.01 else "\u200b"))
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    from zhilu.data import clean
+
+    monkeypatch.setattr(clean, "CHUNK_ROWS", 128)  # many chunks across the two processes
+    out = tmp_path / "out.jsonl"
+    report = main([str(src), "--out", str(out), "--num-proc", "2", "--languages", "zh"])
+    args = clean.parse_args([str(src), "--out", "x", "--languages", "zh"])
+    kept, reports, removals = run_steps(read_records(src, "chat"), clean.default_steps(args))
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [r.row for r in kept]
+    streamed = [json.loads(line) for line in (tmp_path / "out.jsonl.removed.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["reason"], r["where"], r["detail"]) for r in streamed] == [
+        (s, rm.reason, rm.record.where, rm.detail) for s, rm in removals]
+    assert [(s["step"], s["rows_in"], s["removed"], s["rows_out"], s["reasons"]) for s in report["steps"]] == [
+        (r.step, r.rows_in, r.removed, r.rows_out, r.reasons) for r in reports]
+    assert {s["step"]: s["removed"] for s in report["steps"]}["near_dedup"] > 100

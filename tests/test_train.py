@@ -67,6 +67,31 @@ def test_resume_trains_exactly_like_an_uninterrupted_run(sft_dir, tmp_path, stop
         torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=1e-7, msg=k)
 
 
+def test_resume_mid_epoch_on_the_store_packed_trains_exactly_like_an_uninterrupted_run(sft_dir, tmp_path):
+    """The same, on packed rows of the tokenized store (re-packed every epoch): the resumed run maps the
+    store its first part built (nothing re-tokenized) and ends with the uninterrupted run's weights."""
+    base = fast_overrides(sft_dir, "adapter=lora", "adapter.dropout=0.3", "optimizer.lr=1e-2", "data.packing=true",
+                          "data.pack_length=64", "data.batch_size=1", "data.limit_train_samples=8",
+                          "trainer.max_steps=8", "callbacks.model_checkpoint.every_n_train_steps=3",
+                          "validate_after_fit=false")
+    train(compose_train(base, tmp_path / "straight"))
+    run = tmp_path / "resumed"
+    train(compose_train(base + ["+callbacks.stop._target_=tests.helpers.stop_at.StopAt", "+callbacks.stop.step=3"], run))
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 3 and not ckpt["ChatDataModule"]["train_order"]["epoch_complete"]
+    stores = sorted((run / "logs" / "cache" / "data").glob("*/meta.json"))
+    assert [p.parent.name.split("-")[0] for p in stores] == ["train", "val"]
+    built = [p.stat().st_mtime_ns for p in stores]
+    metrics = train(compose_train(base + ["ckpt_path=last"], run))
+    assert metrics["global_step"] == 8  # 6 rows an epoch: the resumed run also re-packs epoch 1
+    assert [p.stat().st_mtime_ns for p in sorted((run / "logs" / "cache" / "data").glob("*/meta.json"))] == built
+    adapter = Path("export") / "adapter" / "adapter_model.safetensors"
+    straight, resumed = load_file(tmp_path / "straight" / adapter), load_file(run / adapter)
+    assert straight.keys() == resumed.keys() and straight
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=1e-7, msg=k)
+
+
 def test_run_dir_has_metrics_config_and_loadable_export(sft_dir, tmp_path):
     metrics = train(compose_train(fast_overrides(sft_dir, "adapter=lora", "trainer.max_steps=3"), tmp_path))
     saved = json.loads((tmp_path / "metrics.json").read_text())

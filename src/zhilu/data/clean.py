@@ -18,6 +18,21 @@ Usage::
 
 writes the kept rows (same format, normalised), ``<out>.removed.jsonl`` (each removed row with its
 step and reason) and ``<out>.report.json``, and prints a table of the removals per step.
+
+The command streams: rows are read in chunks, the per-row steps (normalisation, filters, the
+exact-dedup digest, MinHash signatures, the benchmark match) run on ``--num-proc`` processes, and
+deduplication keeps only a digest per unique row and the LSH band keys of the kept rows in memory
+(the kept rows' text is spooled to disk for the exact Jaccard check), so memory grows with the
+number of unique rows, not with the data (``bench/data_scale.py``: 1M rows). The in-memory step
+classes below (``run_steps``) give the same result and are what a library caller composes.
+
+More than one machine: run the same per-row functions on an existing engine rather than a
+scheduler of ours, e.g. datatrove (``LocalPipelineExecutor`` / ``SlurmPipelineExecutor`` with a
+``JsonlReader``, a filter step wrapping ``Normalize``/``LengthFilter``/``LanguageFilter``, and its
+own MinHash dedup stages ``MinhashDedupSignature`` -> ``Buckets`` -> ``Cluster`` -> ``Filter``), or
+Ray Data (``ray.data.read_json(...).map_batches(per_row_steps)`` then a groupby on the exact-dedup
+digest); then run ``python -m zhilu.data.clean`` once more on the merged output so the report and
+the near-dedup decisions are this project's.
 """
 
 from __future__ import annotations
@@ -28,15 +43,17 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
+import shutil
 import sys
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
-from zhilu.data.formats import READERS, PreferencePair, RowError, numbered_rows
+from zhilu.data.formats import READERS, PreferencePair, RowError, jsonl_lines, numbered_rows, parse_line
 from zhilu.errors import ConfigError, DataError
 from zhilu.utils.jsonl import iter_jsonl, read_text
 
@@ -167,7 +184,7 @@ def row_view(row: dict, fmt: str) -> tuple[str, str]:
     return _messages_view(parsed)
 
 
-FORMATS = (*READERS, "text")
+FORMATS = tuple(dict.fromkeys((*READERS, "text")))
 
 
 @dataclass
@@ -383,7 +400,7 @@ class NearDedup:
             m = MinHash(num_perm=self.num_perm, seed=self.seed)
             m.update_batch([g.encode("utf-8") for g in grams])
             best, best_sim = None, 0.0
-            for j in lsh.query(m):
+            for j in sorted(lsh.query(m)):  # ties go to the earliest row
                 sim = jaccard(grams, shingles[j])
                 if sim >= self.threshold and sim > best_sim:
                     best, best_sim = j, sim
@@ -552,6 +569,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--leak-overlap", type=float, default=0.5, help="share of a question's n-grams found in a row")
     p.add_argument("--leak-min-chars", type=int, default=10)
     p.add_argument("--leak-key", default="full", choices=("full", "prompt", "answer"))
+    p.add_argument("--num-proc", type=int, default=os.cpu_count() or 1,
+                   help="processes for the per-row steps (normalise, filters, hashing, MinHash)")
     return p.parse_args(argv)
 
 
@@ -579,36 +598,251 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    from zhilu.utils.io import write_json_atomic
+# ------------------------------------------------------------------ streaming pipeline
+# ``main`` runs the same steps as ``run_steps`` without holding the data set: the per-row steps (and
+# each kept row's exact-dedup digest, MinHash band keys and benchmark match) run on ``--num-proc``
+# processes over chunks of rows, in order; the main process then applies the deduplication online
+# (exact: a digest per unique row; near: the LSH band keys of the kept rows, their text re-read from
+# a spool file for the exact Jaccard check) and writes every output as it goes.
+CHUNK_ROWS = 2000
+_WORKER: dict = {}
 
-    from zhilu.utils.io import check_output_file
+
+def _numbered_lines(path: str) -> Iterator[tuple[int, str | None, str | None]]:
+    """``(number, raw JSON text, error)`` of every row of a JSONL file (streamed) or JSON list."""
+    p = Path(path)
+    if p.suffix == ".json":
+        for n, row, err in numbered_rows(p)[0]:
+            yield n, None if err else json.dumps(row, ensure_ascii=False), err
+        return
+    if not p.is_file():
+        raise DataError(f"{p}: data file not found")
+    for n, line in jsonl_lines(p):
+        yield n, line, None
+
+
+def _chunks(inputs: Sequence[str]) -> Iterator[list]:
+    chunk: list = []
+    for path in inputs:
+        for n, raw, err in _numbered_lines(path):
+            chunk.append((path, n, raw, err))
+            if len(chunk) >= CHUNK_ROWS:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def _band_keys(grams: set[str], near: "NearDedup", bands: list[tuple[int, int]]) -> list[int]:
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=near.num_perm, seed=near.seed)
+    m.update_batch([g.encode("utf-8") for g in grams])
+    hv = m.hashvalues
+    return [int.from_bytes(hashlib.blake2b(hv[a:b].tobytes(), digest_size=8).digest(), "little") for a, b in bands]
+
+
+def _process_chunk(chunk: list) -> list:
+    """Per-row steps on one chunk; one result per row, in order."""
+    fmt, pre, exact, near, bands, leak = (_WORKER[k] for k in ("fmt", "pre", "exact", "near", "bands", "leak"))
+    out = []
+    for path, n, raw, err in chunk:
+        row = None
+        if err is None:
+            row, err = parse_line(raw)
+        if err is None and not isinstance(row, dict):
+            err = "row is not a JSON object"
+        if err is None:
+            try:
+                rec = Record(path, n, row, fmt)
+            except RowError as exc:
+                err = str(exc)
+        if err is not None:
+            out.append(("bad", path, n, err))
+            continue
+        removed = None
+        before = sum(getattr(step, "changed", 0) for step in pre)
+        for step in pre:
+            kept, gone = step([rec])
+            if gone:
+                removed = (step.name, gone[0].reason, gone[0].detail)
+                break
+        changed = sum(getattr(step, "changed", 0) for step in pre) - before  # Normalize's count of edited rows
+        if removed is not None:
+            out.append(("removed", path, n, removed, rec.row, changed))
+            continue
+        digest = hashlib.sha1(canonical(rec.text(exact.key)).encode("utf-8")).digest() if exact else None
+        keys = _band_keys(char_ngrams(rec.text(near.key), near.ngram), near, bands) if near else None
+        hit = None
+        if leak is not None:
+            m = leak.match(rec.text(leak.key))
+            if m is not None:
+                q = leak.questions[m[0]]
+                hit = ("benchmark leak", f"{m[1]:.0%} of {q.source}: {q.text[:60]}")
+        out.append(("row", path, n, rec.row, changed, digest, keys, hit))
+    return out
+
+
+class _Spool:
+    """Kept rows on disk, re-read by position for the near-dedup Jaccard check (a few cached)."""
+
+    def __init__(self, path: Path, fmt: str, key: str, ngram: int, cache: int = 4096) -> None:
+        import functools
+
+        self.path, self.fmt, self.key, self.ngram = path, fmt, key, ngram
+        self.f = path.open("w+b")
+        self.offsets: list[int] = []
+        self.grams = functools.lru_cache(maxsize=cache)(self._grams)
+
+    def add(self, path: str, line: int, row: dict) -> int:
+        self.f.seek(0, 2)
+        self.offsets.append(self.f.tell())
+        self.f.write((json.dumps([path, line, row], ensure_ascii=False) + "\n").encode("utf-8"))
+        return len(self.offsets) - 1
+
+    def get(self, i: int) -> Record:
+        self.f.seek(self.offsets[i])
+        path, line, row = json.loads(self.f.readline())
+        return Record(path, line, row, self.fmt)
+
+    def _grams(self, i: int) -> frozenset:
+        return frozenset(char_ngrams(self.get(i).text(self.key), self.ngram))
+
+    def close(self) -> None:
+        self.f.close()
+        self.path.unlink(missing_ok=True)
+
+
+def stream_clean(args: argparse.Namespace, steps: Sequence[Step], out: Path, removed_path: Path,
+                 n_examples: int = 3) -> tuple[int, int, list[StepReport]]:
+    """Run ``steps`` (``default_steps``: per-row steps, then exact and near dedup, then the leak filter)
+    over ``args.inputs`` in bounded memory; returns ``(rows read, malformed skipped, reports)``."""
+    import multiprocessing as mp
+    import tempfile
+
+    names = [s.name for s in steps]
+    pre = [s for s in steps if s.name in ("normalize", "length", "language")]
+    exact = next((s for s in steps if isinstance(s, ExactDedup)), None)
+    near = next((s for s in steps if isinstance(s, NearDedup)), None)
+    leak = next((s for s in steps if isinstance(s, BenchmarkLeakFilter)), None)
+    if names != [s.name for s in pre] + [s.name for s in (exact, near, leak) if s is not None]:
+        raise ConfigError(f"clean: steps {names} are not in the streaming order (per-row, exact, near, leak)")
+    bands = []
+    if near is not None:
+        from datasketch import MinHashLSH
+
+        lsh = MinHashLSH(threshold=max(0.05, near.threshold - near.lsh_slack), num_perm=near.num_perm)
+        bands = [(i * lsh.r, (i + 1) * lsh.r) for i in range(lsh.b)]
+    _WORKER.update(fmt=args.format, pre=pre, exact=exact, near=near, bands=bands, leak=leak)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".clean-", dir=out.parent))
+    spool = _Spool(tmp / "spool.jsonl", args.format, near.key, near.ngram) if near else None
+    step_files = {name: (tmp / f"removed-{i}.jsonl").open("w", encoding="utf-8") for i, name in enumerate(names)}
+    reasons = {name: Counter() for name in names}
+    examples: dict[str, list] = {name: [] for name in names}
+    changed = read = bad = 0
+    seen: dict[bytes, str] = {}
+    index: list[dict[int, list[int]]] = [dict() for _ in bands]
+
+    def remove(step: str, where: str, row: dict, reason: str, detail: str) -> None:
+        reasons[step][reason] += 1
+        if len(examples[step]) < n_examples:
+            examples[step].append({"where": where, "reason": reason, "detail": detail})
+        step_files[step].write(json.dumps({"step": step, "reason": reason, "detail": detail, "where": where,
+                                           "row": row}, ensure_ascii=False) + "\n")
+
+    procs = max(1, args.num_proc or 1)
+    pool = mp.get_context("fork").Pool(procs) if procs > 1 else None
+    results = pool.imap(_process_chunk, _chunks(args.inputs)) if pool else map(_process_chunk, _chunks(args.inputs))
+    try:
+        with out.open("w", encoding="utf-8") as kept_file:
+            for chunk in results:
+                for res in chunk:
+                    read += 1
+                    kind, path, n = res[0], res[1], res[2]
+                    where = f"{path}:{n}"
+                    if kind == "bad":
+                        if args.on_error == "raise":
+                            raise DataError(f"{where}: {res[3]} (use --on-error skip to skip bad rows)")
+                        bad += 1
+                        continue
+                    if kind == "removed":
+                        (step, reason, detail), row, was_changed = res[3], res[4], res[5]
+                        changed += was_changed
+                        remove(step, where, row, reason, detail)
+                        continue
+                    row, was_changed, digest, keys, hit = res[3:]
+                    changed += was_changed
+                    if exact is not None:
+                        if digest in seen:
+                            remove(exact.name, where, row, "exact duplicate", f"of {seen[digest]}")
+                            continue
+                        seen[digest] = where
+                    if near is not None:
+                        grams = char_ngrams(Record(path, n, row, args.format).text(near.key), near.ngram)
+                        candidates = sorted({j for b, k in enumerate(keys) for j in index[b].get(k, ())})
+                        best, best_sim = None, 0.0
+                        for j in candidates:
+                            sim = jaccard(grams, spool.grams(j))
+                            if sim >= near.threshold and sim > best_sim:
+                                best, best_sim = j, sim
+                        if best is not None:
+                            remove(near.name, where, row, "near duplicate",
+                                   f"of {spool.get(best).where} (Jaccard {best_sim:.2f})")
+                            continue
+                        i = spool.add(path, n, row)
+                        for b, k in enumerate(keys):
+                            index[b].setdefault(k, []).append(i)
+                    if hit is not None:
+                        remove(leak.name, where, row, *hit)
+                        continue
+                    kept_file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for f in step_files.values():
+            f.close()
+        with removed_path.open("wb") as dst:  # step after step, as run_steps reports them
+            for i, _ in enumerate(names):
+                with (tmp / f"removed-{i}.jsonl").open("rb") as src:
+                    shutil.copyfileobj(src, dst)
+    finally:
+        if pool is not None:
+            pool.terminate()
+        for f in step_files.values():
+            f.close()
+        if spool is not None:
+            spool.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    reports, rows_in = [], read - bad
+    for name in names:
+        removed = sum(reasons[name].values())
+        rep = StepReport(name, rows_in, removed, rows_in - removed, dict(reasons[name].most_common()), examples[name])
+        if name == "normalize":
+            rep.reasons = {"(rows changed, kept)": changed, **rep.reasons}
+        reports.append(rep)
+        rows_in -= removed
+    return read, bad, reports
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from zhilu.utils.io import check_output_file, write_json_atomic
 
     args = parse_args(argv)
     check_args(args)
     out = check_output_file(args.out, "--out")
     for extra in (".removed.jsonl", ".report.json"):
         check_output_file(out.with_name(out.name + extra), "--out")
-    bad: list[tuple[str, str]] = []
-    records: list[Record] = []
-    for path in args.inputs:
-        records += read_records(path, args.format, args.on_error, bad)
     steps = default_steps(args)
-    kept, reports, removals = run_steps(records, steps)
-    out = Path(args.out)
-    write_jsonl(out, (r.row for r in kept))
     removed_path = out.with_name(out.name + ".removed.jsonl")
-    write_jsonl(removed_path, ({"step": s, "reason": rm.reason, "detail": rm.detail, "where": rm.record.where,
-                                "row": rm.record.row} for s, rm in removals))
+    read, bad, reports = stream_clean(args, steps, out, removed_path)
+    kept = reports[-1].rows_out if reports else read - bad
     report = {
-        "inputs": list(args.inputs), "format": args.format, "rows_read": len(records) + len(bad),
-        "malformed_skipped": len(bad), "rows_kept": len(kept), "output": str(out),
+        "inputs": list(args.inputs), "format": args.format, "rows_read": read,
+        "malformed_skipped": bad, "rows_kept": kept, "output": str(out),
         "removed_rows": str(removed_path), "steps": [vars(r) for r in reports],
     }
     write_json_atomic(out.with_name(out.name + ".report.json"), report)
-    print(f"read {report['rows_read']} rows ({len(bad)} malformed, skipped) from {len(args.inputs)} file(s)")
+    print(f"read {read} rows ({bad} malformed, skipped) from {len(args.inputs)} file(s)")
     print(format_table(reports))
-    print(f"kept {len(kept)} rows -> {out}; removed rows with reasons -> {removed_path}")
+    print(f"kept {kept} rows -> {out}; removed rows with reasons -> {removed_path}")
     return report
 
 

@@ -1,30 +1,96 @@
-"""The LightningDataModule for SFT and preference data, padded or packed."""
+"""The LightningDataModule for SFT and preference data (any kind of ``zhilu.data.kinds``), padded or
+packed, read from the tokenized store (``zhilu.data.store``).
+
+``prepare_data`` (Lightning calls it on one process per node, the others wait at a barrier) builds
+the store of every input that lacks one; ``setup`` (every process) memory-maps them and keeps only
+index arrays: a split is a list of entries into the stores, a packed epoch a ``PackedRows`` of
+indices into the split, so no process holds the data set as Python objects.
+"""
 
 from __future__ import annotations
 
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zhilu.data.collate import PackedCollator, PaddedCollator
 from zhilu.data.encode import ChatEncoder, Example
-from zhilu.data.formats import iter_rows
-from zhilu.data.packing import best_fit_decreasing, packing_stats
+from zhilu.data.formats import READERS
+from zhilu.data.kinds import KINDS, check_format, get_kind  # noqa: F401 - KINDS: the table of data kinds
+from zhilu.data.packing import pack_bfd, packing_stats
 from zhilu.data.sampler import ReplayableRandomSampler
+from zhilu.data.store import (
+    FAILED, Input, TokenStore, encoder_args, open_store, token_config, tokenizer_fingerprint,
+)
 from zhilu.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+MAX_SKIP_WARNINGS = 10
 
-KINDS = {"sft": ("chat", "alpaca", "sharegpt"), "preference": ("preference",)}
+
+class StoreView(Sequence):
+    """The examples of one split: entries of one or more stores, by index (nothing copied).
+
+    ``refs`` are global entry numbers (store ``s`` holds ``offsets[s]`` to ``offsets[s + 1]``);
+    example ``i`` gets ``meta["id"] = i`` (and ``meta["source"]`` when its store has a label).
+    """
+
+    def __init__(self, stores: Sequence[TokenStore], refs: np.ndarray, labels: Sequence[str | None] | None = None):
+        self.stores = list(stores)
+        self.labels = list(labels) if labels is not None else [None] * len(self.stores)
+        self.offsets = np.cumsum([0] + [len(s) for s in self.stores]).astype(np.int64)
+        self.refs = np.asarray(refs, dtype=np.int64)
+        all_lengths = np.concatenate([s.length for s in self.stores]) if self.stores else np.zeros(0, np.int32)
+        self.lengths = all_lengths[self.refs].astype(np.int64)
+
+    def subset(self, positions) -> "StoreView":
+        view = StoreView.__new__(StoreView)
+        view.stores, view.labels, view.offsets = self.stores, self.labels, self.offsets
+        view.refs, view.lengths = self.refs[positions], self.lengths[positions]
+        return view
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def store_of(self, refs: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.offsets, refs, side="right") - 1
+
+    def examples(self, positions: Sequence[int]) -> list[Example]:
+        positions = np.asarray(positions, dtype=np.int64)
+        refs = self.refs[positions]
+        which = self.store_of(refs)
+        out: list[Example | None] = [None] * len(positions)
+        for s in np.unique(which).tolist():
+            sel = np.flatnonzero(which == s)
+            for k, ex in zip(sel.tolist(), self.stores[s].examples(refs[sel] - self.offsets[s])):
+                ex.meta["id"] = int(positions[k])
+                if self.labels[s] is not None:
+                    ex.meta["source"] = self.labels[s]
+                out[k] = ex
+        return out  # type: ignore[return-value]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.examples(range(len(self))[i])
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.examples([i])[0]
+
+    def __iter__(self) -> Iterator[Example]:
+        for start in range(0, len(self), 256):
+            yield from self.examples(range(start, min(start + 256, len(self))))
 
 
 class ListDataset(Dataset):
-    def __init__(self, items: list) -> None:
+    def __init__(self, items) -> None:
         self.items = items
 
     def __len__(self) -> int:
@@ -33,21 +99,27 @@ class ListDataset(Dataset):
     def __getitem__(self, i):
         return self.items[i]
 
+    def __getitems__(self, indices):
+        if isinstance(self.items, StoreView):
+            return self.items.examples(indices)
+        return [self.items[i] for i in indices]
+
 
 class PackedDataset(Dataset):
     """Rows of whole examples; ``repack(epoch)`` recomputes the bins with seed ``seed + epoch``."""
 
-    def __init__(self, examples: list[Example], capacity: int, seed: int) -> None:
+    def __init__(self, examples, capacity: int, seed: int) -> None:
         self.examples = examples
         self.capacity = capacity
         self.seed = seed
-        self.lengths = [ex.total_length for ex in examples]
-        self.rows: list[list[int]] = []
+        self.lengths = examples.lengths if isinstance(examples, StoreView) else \
+            np.array([ex.total_length for ex in examples], dtype=np.int64)
+        self.rows = None
         self.stats = None
         self.repack(0)
 
     def repack(self, epoch: int) -> dict:
-        self.rows = best_fit_decreasing(self.lengths, self.capacity, seed=self.seed + epoch)
+        self.rows = pack_bfd(self.lengths, self.capacity, seed=self.seed + epoch)
         self.stats = packing_stats(self.lengths, self.rows, self.capacity)
         return self.stats.as_dict()
 
@@ -55,7 +127,10 @@ class PackedDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i) -> list[Example]:
-        return [self.examples[j] for j in self.rows[i]]
+        idx = self.rows[i]
+        if isinstance(self.examples, StoreView):
+            return self.examples.examples(idx)
+        return [self.examples[j] for j in idx]
 
 
 def overlong_warning(split: str, stats: dict, max_length: int, overlong: str) -> str | None:
@@ -78,20 +153,24 @@ def overlong_warning(split: str, stats: dict, max_length: int, overlong: str) ->
 
 
 class ChatDataModule(L.LightningDataModule):
-    """Reads, validates, encodes and batches chat (SFT) or preference data.
+    """Reads, validates, encodes (once, into the tokenized store) and batches SFT or preference data.
 
     Args:
-        kind: ``sft`` or ``preference``; must match the objective's ``data_kind``.
-        train_files / val_files: paths, or ``{path, format}`` mappings to mix formats.
-        format: default reader for plain paths (``chat``, ``alpaca``, ``sharegpt``, ``preference``).
+        kind: a data kind of ``zhilu.data.kinds`` (``sft``, ``preference``); must match the objective's
+            ``data_kind``.
+        train_files / val_files: inputs (JSONL, JSON, Parquet, CSV, a ``save_to_disk`` folder or
+            ``hf://<hub name>``), or ``{path, format, split}`` mappings to mix formats.
+        format: default reader for plain paths (``chat``, ``alpaca``, ``sharegpt``, ``text``, ``preference``).
         max_length: token budget of one sequence; ``overlong`` says what happens past it: ``truncate``
             (cut the end), ``truncate_prompt`` (keep the answer, cut the prompt's oldest turns), ``drop``
             or ``error`` (:func:`zhilu.data.encode.fit_example`). Rows and tokens lost are counted in
             ``stats`` (``metrics.json`` -> ``data``) and logged in one warning.
         on_error: ``raise`` (stop at the first malformed row, naming file and line) or ``skip``.
         packing: pack whole examples into rows of ``pack_length`` tokens (default ``max_length``
-            for SFT, ``2 * max_length`` for preference pairs, whose two answers share a row).
+            times the kind's sequences per example: preference pairs share a row).
         val_fraction: carve a validation split off the training data when no ``val_files``.
+        cache_dir: where the tokenized stores live (``null``: a temporary folder of this process).
+        num_proc: processes that tokenize a store (``null``: the CPU count, one per 2000 rows at most).
     """
 
     def __init__(
@@ -115,14 +194,17 @@ class ChatDataModule(L.LightningDataModule):
         seed: int = 42,
         tokenizer=None,
         name: str | None = None,
+        cache_dir: str | None = None,
+        num_proc: int | None = None,
     ) -> None:
+        args = dict(locals())  # every key that can change tokens goes into the store key
         super().__init__()
-        if kind not in KINDS:
-            raise ConfigError(f"data.kind={kind!r}: expected one of {', '.join(KINDS)}")
-        if format not in KINDS[kind]:
-            raise ConfigError(f"data.format={format!r} does not fit data.kind={kind} (use {', '.join(KINDS[kind])})")
+        self.data_kind = get_kind(kind)
+        check_format(self.data_kind, format)
         if not train_files:
             raise ConfigError("data.train_files is empty")
+        if on_error not in ("raise", "skip"):
+            raise ConfigError(f"data.on_error={on_error!r}: expected raise or skip")
         self.kind = kind
         self.name = name
         self.train_files = list(train_files)
@@ -134,7 +216,7 @@ class ChatDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.packing = packing
-        self.seqs_per_example = 1 if kind == "sft" else 2
+        self.seqs_per_example = self.data_kind.sequences
         self.pack_length = pack_length or max_length * self.seqs_per_example
         self.pad_to_multiple_of = pad_to_multiple_of
         self.val_fraction = val_fraction
@@ -143,75 +225,116 @@ class ChatDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.tokenizer = tokenizer
-        self.train_examples: list[Example] | None = None
-        self.val_examples: list[Example] = []
+        self.cache_dir = str(cache_dir) if cache_dir else None
+        self.num_proc = num_proc
+        self.token_config = token_config(args)
+        self.train_examples: StoreView | None = None
+        self.val_examples: StoreView | list = []
         self.stats: dict[str, Any] = {}
         self.train_set: Dataset | None = None
+        self._stores: dict[Input, TokenStore] = {}
+        self._tokenizer_hash: str | None = None
+        self._stat_keys: list[str] = ["truncated", "dropped_overlong"]
         self._sampler: ReplayableRandomSampler | None = None
         self._resume_state: dict | None = None  # the data order of a checkpoint, for the next train loader
 
     # ---------------------------------------------------------------- reading
-    def _sources(self, files) -> list[tuple[str, str]]:
+    def _sources(self, files) -> list[Input]:
         out = []
         for f in files:
             if isinstance(f, (str, Path)):
-                out.append((str(f), self.format))
+                inp = Input(str(f), self.format)
             elif hasattr(f, "get") and f.get("path"):
-                out.append((str(f["path"]), f.get("format", self.format)))
+                inp = Input(str(f["path"]), f.get("format", self.format), f.get("split") or "train")
             else:
                 raise ConfigError(f"data file entry {f!r}: expected a path or {{path, format}}")
+            if inp.format not in READERS:
+                raise ConfigError(f"{inp.path}: data.format={inp.format!r}: expected one of {', '.join(READERS)}")
+            check_format(self.data_kind, inp.format, where=f"{inp.path}: format")
+            out.append(inp)
         return out
 
-    def read(self, files, encoder: ChatEncoder, split: str) -> list[Example]:
-        examples = []
-        stats = {"skipped": 0}
-        for path, fmt in self._sources(files):
-            if fmt not in KINDS[self.kind]:
-                raise ConfigError(f"{path}: format {fmt!r} does not fit data.kind={self.kind}")
-            for n, row in enumerate(iter_rows(path, fmt, self.on_error, stats)):
-                where = f"{path} row {n + 1}"
-                if self.kind == "sft":
-                    ex = encoder.sft(row, what=where)
-                else:
-                    ex = encoder.pair(row.prompt, row.chosen, row.rejected, what=where)
-                if ex is not None:
-                    examples.append(ex)
-        self.stats[f"{split}/skipped_rows"] = stats["skipped"]
-        return examples
+    def _inputs(self) -> list[Input]:
+        """Every input this data module reads (train, then val)."""
+        return self._sources(self.train_files) + self._sources(self.val_files)
+
+    def _check_encoding(self) -> None:
+        if self.tokenizer is None:
+            raise ConfigError(f"{type(self).__name__} needs a tokenizer (train.py passes the model's)")
+        enc = ChatEncoder(self.tokenizer, **encoder_args(self.token_config))  # bad max_length/overlong: one line, now
+        self._stat_keys = list(enc.stats)
+
+    def store(self, inp: Input) -> TokenStore:
+        """The tokenized store of ``inp`` (built on first use when ``prepare_data`` did not)."""
+        if inp not in self._stores:
+            if self._tokenizer_hash is None:
+                self._tokenizer_hash = tokenizer_fingerprint(self.tokenizer)
+            self._stores[inp] = open_store(inp, self.data_kind, self.token_config, self.tokenizer,
+                                           self._tokenizer_hash, self.cache_dir, self.num_proc)
+        return self._stores[inp]
+
+    def prepare_data(self) -> None:
+        """Build the stores (Lightning: once per node, before ``setup`` on any process)."""
+        self._check_encoding()
+        for inp in self._inputs():
+            self.store(inp)
+
+    def _problems(self, stores: Sequence[TokenStore], split: str) -> int:
+        """Raise the first bad row (``on_error=raise``) or count and log them (``skip``)."""
+        skipped = 0
+        for st in stores:
+            bad = st.problems()
+            if len(bad) == 0:
+                continue
+            failed = bad[st.status[bad] == FAILED]  # overlong=error and the like: always stop
+            if self.on_error == "raise" or len(failed):
+                st.raise_problem(int(bad[0] if self.on_error == "raise" else failed[0]))
+            for e in bad[:MAX_SKIP_WARNINGS].tolist():
+                log.warning("skipped %s", st.message(e))
+            if len(bad) > MAX_SKIP_WARNINGS:
+                log.warning("skipped %d more bad rows of %s", len(bad) - MAX_SKIP_WARNINGS, st.source)
+            skipped += len(bad)
+        return skipped
+
+    def read(self, files, split: str) -> StoreView:
+        """The examples of ``files`` in file order; counts go into ``stats`` under ``split/``."""
+        stores = [self.store(inp) for inp in self._sources(files)]
+        self.stats[f"{split}/skipped_rows"] = self._problems(stores, split)
+        offsets = np.cumsum([0] + [len(st) for st in stores])
+        refs = np.concatenate([st.usable() + off for st, off in zip(stores, offsets)]) if stores else np.zeros(0)
+        self.add_encoder_stats(split, [st.encoder_stats() for st in stores])
+        return StoreView(stores, refs)
+
+    def add_encoder_stats(self, split: str, per_store: Sequence[dict]) -> None:
+        """``split/<key>`` for every count the encoder keeps (``ChatEncoder.stats``), summed over stores."""
+        for key in dict.fromkeys([*self._stat_keys, *(k for d in per_store for k in d)]):
+            self.stats[f"{split}/{key}"] = sum(d.get(key, 0) for d in per_store)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_examples is not None:
             return
-        if self.tokenizer is None:
-            raise ConfigError("ChatDataModule needs a tokenizer (train.py passes the model's)")
-        enc = ChatEncoder(self.tokenizer, self.max_length, self.overlong)
-        train = self.read(self.train_files, enc, "train")
-        self.stats.update({f"train/{k}": v for k, v in enc.stats.items()})
+        self._check_encoding()
+        train = self.read(self.train_files, "train")
         if self.val_files:
-            enc_val = ChatEncoder(self.tokenizer, self.max_length, self.overlong)
-            val = self.read(self.val_files, enc_val, "val")
-            self.stats.update({f"val/{k}": v for k, v in enc_val.stats.items()})
+            val = self.read(self.val_files, "val")
         elif self.val_fraction > 0:
             g = torch.Generator().manual_seed(self.seed)
-            perm = torch.randperm(len(train), generator=g).tolist()
+            perm = torch.randperm(len(train), generator=g).numpy()
             n_val = max(1, int(len(train) * self.val_fraction))
-            val = [train[i] for i in perm[:n_val]]
-            train = [train[i] for i in perm[n_val:]]
+            val, train = train.subset(perm[:n_val]), train.subset(perm[n_val:])
         else:
-            val = []
+            val = train.subset(np.zeros(0, np.int64))
         if self.limit_train_samples:
-            train = train[: self.limit_train_samples]
+            train = train.subset(np.arange(min(self.limit_train_samples, len(train))))
         if self.limit_val_samples:
-            val = val[: self.limit_val_samples]
-        if not train:
-            raise DataError(f"no usable training examples in {', '.join(p for p, _ in self._sources(self.train_files))}")
-        for split in (train, val):
-            for i, ex in enumerate(split):
-                ex.meta["id"] = i  # stable ids within a split (precomputed reference log-probs use them)
-        self.train_examples, self.val_examples = train, val
+            val = val.subset(np.arange(min(self.limit_val_samples, len(val))))
+        if not len(train):
+            files = ", ".join(i.path for i in self._sources(self.train_files))
+            raise DataError(f"no usable training examples in {files}")
+        self.train_examples, self.val_examples = train, (val if len(val) else [])
         self.stats["train/examples"] = len(train)
         self.stats["val/examples"] = len(val)
-        self.stats["train/tokens"] = sum(ex.total_length for ex in train)
+        self.stats["train/tokens"] = int(train.lengths.sum())
         for split in ("train", "val"):
             message = overlong_warning(split, self.stats, self.max_length, self.overlong)
             if message:

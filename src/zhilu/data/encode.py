@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from zhilu.errors import ConfigError
-from zhilu.model.chat_template import BOS, END_HEADER, EOT, START_HEADER
+from zhilu.model.chat_template import BOS, END_HEADER, EOS, EOT, START_HEADER
 
 IGNORE_INDEX = -100
 OVERLONG_POLICIES = ("truncate", "truncate_prompt", "drop", "error")
@@ -252,3 +252,16 @@ def add_stats(stats: dict, fitted: Fitted) -> None:
         stats["dropped_overlong"] += 1
         stats["dropped_tokens_lost"] += fitted.tokens_lost
     stats["label_tokens_lost"] += fitted.label_tokens_lost
+
+
+def encode_text(encoder: ChatEncoder, text: str) -> list[Example]:
+    """Pre-training text: ``<|begin_of_text|> text <|end_of_text|>`` in ``max_length`` windows, every
+    token labelled except BOS (the loss is next-token prediction on all of it)."""
+    eos = encoder.tok.convert_tokens_to_ids(EOS)
+    ids = [*encoder.text(text.strip()), eos]
+    step = encoder.max_length - 1
+    out = []
+    for start in range(0, len(ids), step):
+        chunk = [encoder.bos, *ids[start: start + step]]
+        out.append(Example([chunk], [[IGNORE_INDEX, *chunk[1:]]]))
+    return out

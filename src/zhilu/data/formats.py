@@ -4,6 +4,10 @@
 - ``alpaca``: ``{"instruction": str, "input": str?, "output": str, "system": str?, "history": [[q, a], ...]?}``
 - ``sharegpt``: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...]}``
 - ``preference``: ``{"messages": [... up to the last user turn] | "prompt": str, "chosen": str, "rejected": str}``
+- ``text``: ``{"text": str}``: pre-training text (labelled on every token by the ``sft`` kind)
+
+A new format is a function ``row dict -> parsed row`` (raising ``RowError``) added to ``READERS``;
+which kinds accept it is said in ``zhilu.data.kinds``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from zhilu.errors import ConfigError, DataError
-from zhilu.utils.jsonl import iter_jsonl, read_text
+from zhilu.utils.jsonl import iter_jsonl, iter_lines, parse_json_line, read_text
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +138,38 @@ def preference_row(row: dict) -> PreferencePair:
     return PreferencePair(prompt, row["chosen"], row["rejected"], {k: row[k] for k in ("category",) if k in row})
 
 
+@dataclass
+class TextRow:
+    """A pre-training text row (``format: text``)."""
+
+    text: str
+
+
+def text_row(row: dict) -> TextRow:
+    text = row.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise RowError("expected an object with a non-empty 'text' string (format=text)")
+    return TextRow(text)
+
+
 READERS: dict[str, Callable] = {
     "chat": chat_row,
     "alpaca": alpaca_row,
     "sharegpt": sharegpt_row,
     "preference": preference_row,
+    "text": text_row,
 }
+
+
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of every non-blank line of a JSONL file, streamed (bounded memory) by
+    the one line reader (:func:`zhilu.utils.jsonl.iter_lines`: lines end at ``\\n`` only, so U+2028
+    and friends inside strings stay in their row; invalid UTF-8 raises with file, line and byte offset)."""
+    return ((n, line) for n, line in iter_lines(path) if line.strip())
+
+
+#: ``(row, None)`` for a JSONL line, or ``(None, reason)``
+parse_line = parse_json_line
 
 
 def numbered_rows(path: str | Path) -> tuple[list[tuple[int, object, str | None]], str]:
@@ -162,31 +192,49 @@ def numbered_rows(path: str | Path) -> tuple[list[tuple[int, object, str | None]
     return list(iter_jsonl(path)), "line"
 
 
+def read_row(reader: Callable, row: object, err: str | None = None) -> tuple[object, str | None]:
+    """``(parsed row, None)``, or ``(None, reason)`` for a row that ``reader`` (or JSON) rejects."""
+    if err is None and not isinstance(row, dict):
+        err = "row is not a JSON object"
+    if err is None:
+        try:
+            return reader(row), None
+        except RowError as exc:
+            err = str(exc)
+    return None, err
+
+
+def row_error(path: str | Path, number: int, where: str, err: str) -> str:
+    """``file:line: reason`` (JSONL) or ``file: row N: reason`` (JSON lists, tables)."""
+    return f"{path}:{number}: {err}" if where == "line" else f"{path}: {where} {number}: {err}"
+
+
+def check_reading(fmt: str, on_error: str) -> Callable:
+    """The reader of ``fmt``; a bad ``format`` or ``on_error`` is a config error."""
+    if fmt not in READERS:
+        raise ConfigError(f"data.format={fmt!r}: expected one of {', '.join(READERS)}")
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"data.on_error={on_error!r}: expected raise or skip")
+    return READERS[fmt]
+
+
 def iter_rows(path: str | Path, fmt: str, on_error: str = "raise", stats: dict | None = None) -> Iterator:
     """Parse ``path`` (JSONL, or a JSON list) with reader ``fmt``.
 
     ``on_error``: ``raise`` stops at the first bad row with ``file:line: reason``; ``skip`` counts
     it in ``stats["skipped"]`` and goes on.
     """
-    if fmt not in READERS:
-        raise ConfigError(f"data.format={fmt!r}: expected one of {', '.join(READERS)}")
-    if on_error not in ("raise", "skip"):
-        raise ConfigError(f"data.on_error={on_error!r}: expected raise or skip")
+    reader = check_reading(fmt, on_error)
     path = Path(path)
-    reader = READERS[fmt]
     stats = stats if stats is not None else {}
     stats.setdefault("skipped", 0)
     numbered, where = numbered_rows(path)
     for lineno, row, err in numbered:
-        if err is None and not isinstance(row, dict):
-            err = "row is not a JSON object"
+        parsed, err = read_row(reader, row, err)
         if err is None:
-            try:
-                yield reader(row)
-                continue
-            except RowError as exc:
-                err = str(exc)
-        message = f"{path}:{lineno}: {err}" if where == "line" else f"{path}: {where} {lineno}: {err}"
+            yield parsed
+            continue
+        message = row_error(path, lineno, where, err)
         if on_error == "raise":
             raise DataError(message + " (set data.on_error=skip to skip bad rows)")
         stats["skipped"] += 1

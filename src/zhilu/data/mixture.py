@@ -10,10 +10,14 @@ drawn without replacement (``upsample: true``), or used once and reported short 
 false``). ``total: null`` means the largest mixture that repeats no row. Missing files of an
 ``optional`` source drop the source (with a warning) and the other weights are renormalised.
 
-Besides the chat/alpaca/sharegpt/preference formats of ``zhilu.data.formats``, a source may hold
+A source may hold any format its kind accepts (``zhilu.data.kinds``), for the ``sft`` kind also
 pre-training text (``format: text``, rows ``{"text": ...}``: e.g. the knowledge-injection text of
 ``python -m zhilu.synth self_evolve``): it is trained on with a label on every token (cut into
 ``max_length`` windows), next to the SFT rows, with the same objective.
+
+Each source file is read through its tokenized store (``zhilu.data.store``): the mixture samples
+row indices into the stores, and a sampled row stands for the examples it encoded to (none when
+dropped as overlong, several for long text), so repeated rows are repeated indices, not copies.
 
 The realised distribution (rows and tokens per source) is logged, put into ``stats`` (and so into
 ``metrics.json``), and written to ``report_dir`` as ``mixture.json``, ``mixture.md`` and ``mixture.png``.
@@ -28,12 +32,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from zhilu.data.datamodule import KINDS, ChatDataModule
-from zhilu.data.encode import IGNORE_INDEX, ChatEncoder, Example
+import numpy as np
+
+from zhilu.data.datamodule import ChatDataModule, StoreView
+from zhilu.data.encode import encode_text  # noqa: F401 - re-exported: text windows live in encode.py
 from zhilu.data.formats import iter_rows
+from zhilu.data.store import BAD_ROW, TRUNCATED, Input
 from zhilu.errors import ConfigError, DataError
-from zhilu.model.chat_template import EOS
-from zhilu.utils.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +68,19 @@ class MixtureSource:
             raise ConfigError(f"data.sources.{name}.weight={weight!r}: expected a number >= 0")
         return cls(name, list(files), float(weight), spec.get("format", "chat"), bool(spec.get("optional", False)))
 
-    def paths(self) -> list[tuple[str, str]]:
+    def inputs(self) -> list[Input]:
         out = []
         for f in self.files:
             if isinstance(f, (str, Path)):
-                out.append((str(f), self.format))
+                out.append(Input(str(f), self.format))
             elif hasattr(f, "get") and f.get("path"):
-                out.append((str(f["path"]), f.get("format", self.format)))
+                out.append(Input(str(f["path"]), f.get("format", self.format), f.get("split") or "train"))
             else:
                 raise ConfigError(f"data.sources.{self.name}: file entry {f!r}: expected a path or {{path, format}}")
         return out
+
+    def paths(self) -> list[tuple[str, str]]:
+        return [(i.path, i.format) for i in self.inputs()]
 
 
 def largest_remainder(weights: Sequence[float], total: int) -> list[int]:
@@ -189,42 +197,9 @@ def plot_mixture(report: MixtureReport, path: str | Path) -> None:
     plt.close(fig)
 
 
-def read_source(source: MixtureSource, kind: str, on_error: str = "raise", stats: dict | None = None) -> list[Any]:
-    """All rows of a source: message lists (sft), ``PreferencePair`` (preference) or ``{"text"}`` dicts;
-    rows skipped with ``on_error=skip`` are counted in ``stats["skipped"]``."""
-    stats = stats if stats is not None else {}
-    stats.setdefault("skipped", 0)
-    rows: list[Any] = []
-    for path, fmt in source.paths():
-        if fmt == "text":
-            if kind != "sft":
-                raise ConfigError(f"data.sources.{source.name}: format text only mixes into kind=sft data")
-            rows += [{"text": t} for t in read_text_rows(path, on_error, stats)]
-            continue
-        if fmt not in KINDS[kind]:
-            raise ConfigError(f"data.sources.{source.name}: format {fmt!r} does not fit data.kind={kind}")
-        rows += list(iter_rows(path, fmt, on_error, stats))
-    return rows
-
-
 def read_text_rows(path: str | Path, on_error: str = "raise", stats: dict | None = None) -> list[str]:
     """Pre-training rows ``{"text": str}`` of a JSONL file (bad rows: ``file:line`` errors)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: data file not found")
-    out = []
-    for lineno, row, err in iter_jsonl(p):
-        if err is None and not (isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip()):
-            err = "expected an object with a non-empty 'text' string (format=text)"
-        if err is None:
-            out.append(row["text"])
-        elif on_error == "raise":
-            raise DataError(f"{p}:{lineno}: {err}")
-        else:
-            log.warning("skipped %s:%d: %s", p, lineno, err)
-            if stats is not None:
-                stats["skipped"] = stats.get("skipped", 0) + 1
-    return out
+    return [row.text for row in iter_rows(path, "text", on_error, stats)]
 
 
 def sample_mixture(sources: Sequence[MixtureSource], rows: Mapping[str, list], total: int | None, seed: int,
@@ -257,19 +232,6 @@ def sample_mixture(sources: Sequence[MixtureSource], rows: Mapping[str, list], t
     return mixed, MixtureReport(total, len(mixed), seed, reports)
 
 
-def encode_text(encoder: ChatEncoder, text: str) -> list[Example]:
-    """Pre-training text: ``<|begin_of_text|> text <|end_of_text|>`` in ``max_length`` windows, every
-    token labelled except BOS (the loss is next-token prediction on all of it)."""
-    eos = encoder.tok.convert_tokens_to_ids(EOS)
-    ids = [*encoder.text(text.strip()), eos]
-    step = encoder.max_length - 1
-    out = []
-    for start in range(0, len(ids), step):
-        chunk = [encoder.bos, *ids[start: start + step]]
-        out.append(Example([chunk], [[IGNORE_INDEX, *chunk[1:]]]))
-    return out
-
-
 class MixtureDataModule(ChatDataModule):
     """A ``ChatDataModule`` whose training rows are a weighted mixture of ``sources``.
 
@@ -299,7 +261,11 @@ class MixtureDataModule(ChatDataModule):
     def _present_sources(self) -> tuple[list[MixtureSource], list[str]]:
         present, missing = [], []
         for s in self.sources:
-            absent = [p for p, _ in s.paths() if not Path(p).is_file()]
+            for inp in s.inputs():
+                if inp.format not in self.data_kind.formats:
+                    raise ConfigError(f"data.sources.{s.name}: format {inp.format!r} does not fit "
+                                      f"data.kind={self.kind} (use {', '.join(self.data_kind.formats)})")
+            absent = [i.path for i in s.inputs() if i.type != "hub" and not Path(i.path).exists()]
             if absent and s.optional:
                 log.warning("mixture: optional source %s skipped (missing %s)", s.name, ", ".join(absent))
                 missing.append(s.name)
@@ -309,38 +275,64 @@ class MixtureDataModule(ChatDataModule):
                 present.append(s)
         return present, missing
 
-    def _encode(self, row: Any, encoder: ChatEncoder, where: str) -> list[Example]:
-        if isinstance(row, dict) and "text" in row:
-            return encode_text(encoder, row["text"])
-        ex = encoder.sft(row, what=where) if self.kind == "sft" else \
-            encoder.pair(row.prompt, row.chosen, row.rejected, what=where)
-        return [ex] if ex is not None else []
+    def _inputs(self) -> list[Input]:
+        sources, _ = self._present_sources()
+        return [i for s in sources for i in s.inputs()] + self._sources(self.val_files)
 
-    def read(self, files, encoder: ChatEncoder, split: str) -> list[Example]:
+    def read(self, files, split: str) -> StoreView:
         if split != "train":
-            return super().read(files, encoder, split)
+            return super().read(files, split)
         sources, missing = self._present_sources()
-        skipped = {"skipped": 0}
-        rows = {s.name: read_source(s, self.kind, self.on_error, skipped) for s in sources}
-        mixed, report = sample_mixture(sources, rows, self.total, self.seed, self.upsample)
+        stores, labels = [], []
+        row_start, row_end, n_rows = [], [], {}
+        for s in sources:
+            before = sum(len(r) for r in row_start)
+            for inp in s.inputs():
+                st = self.store(inp)
+                offset = sum(len(x) for x in stores)
+                starts, ends = st.rows()
+                valid = st.status[starts] != BAD_ROW  # bad rows are not rows of the source (skipped or raised)
+                row_start.append(starts[valid] + offset)
+                row_end.append(ends[valid] + offset)
+                stores.append(st)
+                labels.append(s.name)
+            n_rows[s.name] = sum(len(r) for r in row_start) - before
+        self.stats["train/skipped_rows"] = self._problems(stores, split)
+        first_row, pos = {}, 0
+        for s in sources:
+            first_row[s.name], pos = pos, pos + n_rows[s.name]
+        mixed, report = sample_mixture(sources, {k: range(n) for k, n in n_rows.items()}, self.total, self.seed,
+                                       self.upsample)
         report.missing = missing
-        examples: list[Example] = []
+        starts_all = np.concatenate(row_start) if row_start else np.zeros(0, np.int64)
+        ends_all = np.concatenate(row_end) if row_end else np.zeros(0, np.int64)
+        picked = np.fromiter((first_row[name] + i for name, i in mixed), dtype=np.int64, count=len(mixed))
+        starts, ends = starts_all[picked], ends_all[picked]
+        counts = ends - starts
+        refs = np.repeat(starts - np.cumsum(np.r_[0, counts[:-1]]), counts) + np.arange(int(counts.sum()))
+        status = np.concatenate([st.status for st in stores])[refs]
+        offsets = np.cumsum([0] + [len(st) for st in stores])
+        which = np.searchsorted(offsets, refs, side="right") - 1
+        self.add_encoder_stats(split, [st.encoder_stats(refs[which == i] - offsets[i]) for i, st in enumerate(stores)])
+        view = StoreView(stores, refs[status <= TRUNCATED], labels)
+        index = {s.name: i for i, s in enumerate(sources)}
+        source_of = np.asarray([index[lab] for lab in labels], dtype=np.int64)
+        src = source_of[view.store_of(view.refs)] if len(view) else np.zeros(0, np.int64)
+        examples = np.bincount(src, minlength=len(sources))
+        tokens = np.bincount(src, weights=view.lengths, minlength=len(sources))
         by_name = {s.name: s for s in report.sources}
-        for i, (name, row) in enumerate(mixed):
-            for ex in self._encode(row, encoder, f"mixture row {i} (source {name})"):
-                ex.meta["source"] = name
-                examples.append(ex)
-                by_name[name].examples += 1
-                by_name[name].tokens += ex.total_length
+        for i, s in enumerate(sources):
+            if s.name in by_name:
+                by_name[s.name].examples = int(examples[i])
+                by_name[s.name].tokens = int(tokens[i])
         n_tokens = sum(s.tokens for s in report.sources) or 1
         for s in report.sources:
             s.token_share = s.tokens / n_tokens
             self.stats[f"mixture/{s.name}/rows"] = s.sampled
             self.stats[f"mixture/{s.name}/tokens"] = s.tokens
-        self.stats["train/skipped_rows"] = skipped["skipped"]
         self.report = report
         log.info("data mixture (seed %d):\n%s", self.seed, report.table())
         if self.report_dir:
             paths = report.save(self.report_dir)
             log.info("mixture report: %s", ", ".join(str(p) for p in paths.values()))
-        return examples
+        return view

@@ -1,0 +1,284 @@
+"""Data at scale: the tokenized store against today's in-memory path, 10k to 1M chat rows.
+
+    python bench/data_scale.py                       # 10k, 100k, 1M rows (about 1 GB of JSONL and 1 GB of store at 1M)
+    python bench/data_scale.py --sizes 2k,10k --legacy-sizes 2k --work /tmp/ds   # a smoke run
+
+Rows are the shipped finance dialogues (data/finance_sft/train.jsonl) repeated, each copy numbered so
+rows differ. Every measurement runs in a fresh process (``worker`` sub-command):
+
+- ``prep``: first run, an empty cache: the store built with ``data.num_proc`` 1 and 2 (time, rows/s);
+- ``hit``: second run: ``prepare_data`` + ``setup`` on the built store (the cache-hit data setup time),
+  with packing: the time to pack every example (best-fit-decreasing on the length array);
+- ``train``: ``train.py``'s recipe (tiny model, LoRA, 3 steps, batch 8) from the store: peak RSS of the process;
+- ``legacy``: the same run through today's in-memory path (every example a Python list of ints, encoded
+  at every start; ``LegacyDataModule`` below is the previous ``ChatDataModule.read``): setup time, peak RSS;
+- ``clean``: ``python -m zhilu.data.clean`` (exact + MinHash dedup, 2 processes) on the rows: time, peak RSS.
+
+Prints a markdown table and writes ``--out`` (JSON). Timings are wall-clock on whatever else the
+machine is doing: compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("ZHILU_ROOT", str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+from zhilu.data.datamodule import ChatDataModule, ListDataset  # noqa: E402
+from zhilu.utils import resolvers  # noqa: E402,F401 - the configs' resolvers
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def anon_rss_mb() -> float:
+    """Resident anonymous memory now (heap: Python objects, arrays), without the store's file-backed pages,
+    which the page cache shares between processes and can evict."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def parse_size(s: str) -> int:
+    s = s.strip().lower()
+    mult = {"k": 1_000, "m": 1_000_000}.get(s[-1], 1)
+    return int(float(s.rstrip("km")) * mult)
+
+
+def make_rows(n: int, path: Path) -> Path:
+    """``n`` chat rows: the shipped dialogues repeated, the first user turn of copy ``k`` suffixed with ``k``."""
+    if path.is_file():
+        return path
+    base = [json.loads(line) for line in (ROOT / "data" / "finance_sft" / "train.jsonl").read_text().splitlines()]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i in range(n):
+            row = base[i % len(base)]
+            k = i // len(base)
+            if k:
+                msgs = [dict(m) for m in row["messages"]]
+                first = next(j for j, m in enumerate(msgs) if m["role"] == "user")
+                msgs[first]["content"] = f"{msgs[first]['content']}（{k}）"
+                row = {"messages": msgs}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+class LegacyDataModule(ChatDataModule):
+    """The in-memory path this project had before the store: read and encode every row into Python
+    lists at every start, in every process (the previous ``ChatDataModule.read``/``setup``)."""
+
+    def prepare_data(self) -> None:
+        pass
+
+    def setup(self, stage=None) -> None:
+        from zhilu.data.encode import ChatEncoder
+        from zhilu.data.formats import iter_rows
+
+        if self.train_examples is not None:
+            return
+        t0 = time.perf_counter()
+        enc = ChatEncoder(self.tokenizer, self.max_length, self.overlong)
+        train = []
+        for path, fmt in [(i.path, i.format) for i in self._sources(self.train_files)]:
+            for n, row in enumerate(iter_rows(path, fmt, self.on_error, {})):
+                ex = enc.sft(row, what=f"{path} row {n + 1}")
+                if ex is not None:
+                    train.append(ex)
+        for i, ex in enumerate(train):
+            ex.meta["id"] = i
+        self.train_examples, self.val_examples = train, []
+        self.train_set = ListDataset(train)
+        self.stats["train/examples"] = len(train)
+        self.stats["setup_s"] = time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------- workers
+def tokenizer():
+    from zhilu.model import ModelBuilder
+
+    return ModelBuilder(config={"hidden_size": 64}).load_tokenizer()  # the shipped tokenizer
+
+
+def worker_prep(args) -> dict:
+    dm = ChatDataModule(train_files=[args.data], tokenizer=tokenizer(), cache_dir=args.cache, num_proc=args.num_proc,
+                        max_length=512)
+    t0 = time.perf_counter()
+    dm.prepare_data()
+    seconds = time.perf_counter() - t0
+    (st,) = dm._stores.values()
+    return {"prep_s": seconds, "rows": st.meta["rows"], "rows_per_s": st.meta["rows"] / seconds,
+            "tokens": st.meta["tokens"], "num_proc": st.meta["num_proc"], "peak_rss_mb": peak_rss_mb()}
+
+
+def worker_hit(args) -> dict:
+    import numpy as np
+
+    from zhilu.data.packing import pack_bfd
+
+    t0 = time.perf_counter()
+    dm = ChatDataModule(train_files=[args.data], tokenizer=tokenizer(), cache_dir=args.cache, max_length=512)
+    t1 = time.perf_counter()
+    dm.prepare_data()
+    dm.setup()
+    t2 = time.perf_counter()
+    lengths = np.asarray(dm.train_examples.lengths)
+    t3 = time.perf_counter()
+    rows = pack_bfd(lengths, 1024, seed=0)
+    t4 = time.perf_counter()
+    return {"hit_setup_s": t2 - t1, "tokenizer_load_s": t1 - t0, "examples": len(dm.train_examples),
+            "pack_s": t4 - t3, "packed_rows": len(rows), "peak_rss_mb": peak_rss_mb()}
+
+
+def worker_train(args, legacy: bool) -> dict:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from zhilu.train.run import train
+
+    out = Path(args.cache).parent / ("legacy_run" if legacy else "store_run")
+    overrides = [f"data.train_files=[{args.data}]", "data.val_files=[]", f"data.cache_dir={args.cache}",
+                 "data.batch_size=8", "data.max_length=512", "adapter=lora", "trainer.max_steps=3", "logger=csv",
+                 "callbacks.export.enabled=false", "callbacks.model_checkpoint=null", "validate_after_fit=false",
+                 "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
+    if legacy:
+        overrides.append("data._target_=bench.data_scale.LegacyDataModule")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.hydra.runtime.output_dir = str(out)
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    t0 = time.perf_counter()
+    metrics = train(cfg)
+    return {"train_run_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "anon_rss_mb": anon_rss_mb(),
+            "train_loss": metrics.get("train_loss")}
+
+
+def worker_clean(args) -> dict:
+    from zhilu.data.clean import main as clean_main
+
+    out = Path(args.cache).parent / "clean" / "clean.jsonl"
+    t0 = time.perf_counter()
+    report = clean_main([args.data, "--format", "chat", "--out", str(out), "--num-proc", str(args.num_proc or 2)])
+    return {"clean_s": time.perf_counter() - t0, "kept": report["rows_kept"], "read": report["rows_read"],
+            "peak_rss_mb": max(peak_rss_mb(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
+
+
+def run_worker(mode: str, **kw) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "worker", mode]
+    for k, v in kw.items():
+        if v is not None:
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if r.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{r.stderr[-4000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def human(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd")
+    w = sub.add_parser("worker")
+    w.add_argument("mode", choices=["prep", "hit", "train", "legacy", "clean"])
+    w.add_argument("--data", required=True)
+    w.add_argument("--cache", required=True)
+    w.add_argument("--num-proc", type=int, default=None)
+    p.add_argument("--sizes", default="10k,100k,1m")
+    p.add_argument("--legacy-sizes", default="10k,100k")
+    p.add_argument("--clean-sizes", default="1m")
+    p.add_argument("--np1-max", default="100k", help="largest size also prepared with 1 process (rows/s ratio)")
+    p.add_argument("--work", default=str(ROOT / "logs" / "bench_data_scale"))
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    if args.cmd == "worker":
+        fn = {"prep": worker_prep, "hit": worker_hit, "train": lambda a: worker_train(a, False),
+              "legacy": lambda a: worker_train(a, True), "clean": worker_clean}[args.mode]
+        print(json.dumps(fn(args)))
+        return
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    legacy_sizes = {parse_size(s) for s in args.legacy_sizes.split(",") if s}
+    clean_sizes = {parse_size(s) for s in args.clean_sizes.split(",") if s}
+    results = []
+    for n in [parse_size(s) for s in args.sizes.split(",")]:
+        d = work / human(n)
+        d.mkdir(exist_ok=True)
+        data = make_rows(n, d / "rows.jsonl")
+        row: dict = {"rows": n}
+        for procs in ((1, 2) if n <= parse_size(args.np1_max) else (2,)):
+            cache = d / f"cache_np{procs}"
+            subprocess.run(["rm", "-rf", str(cache)], check=True)
+            r = run_worker("prep", data=data, cache=cache, num_proc=procs)
+            row[f"prep_np{procs}_s"], row[f"rows_per_s_np{procs}"] = r["prep_s"], r["rows_per_s"]
+            row["tokens"] = r["tokens"]
+            print(f"{human(n)}: prep num_proc={procs}: {r['prep_s']:.1f} s, {r['rows_per_s']:.0f} rows/s", flush=True)
+        cache = d / "cache_np2"
+        r = run_worker("hit", data=data, cache=cache)
+        row.update(hit_setup_s=r["hit_setup_s"], pack_s=r["pack_s"], examples=r["examples"])
+        print(f"{human(n)}: cache hit setup {r['hit_setup_s']:.2f} s, packing {r['pack_s']:.2f} s", flush=True)
+        r = run_worker("train", data=data, cache=cache)
+        row["train_peak_rss_mb"], row["train_anon_rss_mb"] = r["peak_rss_mb"], r["anon_rss_mb"]
+        print(f"{human(n)}: train peak RSS {r['peak_rss_mb']:.0f} MB (anonymous at the end {r['anon_rss_mb']:.0f} MB)",
+              flush=True)
+        if n in legacy_sizes:
+            r = run_worker("legacy", data=data, cache=cache)
+            row["legacy_peak_rss_mb"], row["legacy_anon_rss_mb"] = r["peak_rss_mb"], r["anon_rss_mb"]
+            row["legacy_run_s"] = r["train_run_s"]
+            print(f"{human(n)}: in-memory path: peak RSS {r['peak_rss_mb']:.0f} MB, run {r['train_run_s']:.1f} s",
+                  flush=True)
+        if n in clean_sizes:
+            r = run_worker("clean", data=data, cache=cache, num_proc=2)
+            row.update(clean_s=r["clean_s"], clean_peak_rss_mb=r["peak_rss_mb"], clean_kept=r["kept"])
+            print(f"{human(n)}: clean {r['clean_s']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        results.append(row)
+        subprocess.run(["rm", "-rf", str(d / "cache_np1")], check=True)
+    base = results[0]
+    lines = ["| rows | tokens | prep 1 proc (s) | rows/s 1 proc | prep 2 procs (s) | rows/s 2 procs | 2 / 1 | "
+             "cache-hit setup (s) | pack all (s) | train peak RSS (MB) | vs smallest | in-memory path peak RSS (MB) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        legacy = f"{r['legacy_peak_rss_mb']:,.0f}" if "legacy_peak_rss_mb" in r else "–"
+        np1 = (f"{r['prep_np1_s']:.1f} | {r['rows_per_s_np1']:,.0f}" if "prep_np1_s" in r else "– | –")
+        ratio = f"{r['rows_per_s_np2'] / r['rows_per_s_np1']:.2f}x" if "prep_np1_s" in r else "–"
+        lines.append(f"| {human(r['rows'])} | {r['tokens']:,} | {np1} | "
+                     f"{r['prep_np2_s']:.1f} | {r['rows_per_s_np2']:,.0f} | "
+                     f"{ratio} | {r['hit_setup_s']:.2f} | {r['pack_s']:.2f} | "
+                     f"{r['train_peak_rss_mb']:,.0f} | {r['train_peak_rss_mb'] - base['train_peak_rss_mb']:+,.0f} | "
+                     f"{legacy} |")
+    print("\n".join(lines))
+    per_core = max((r["rows_per_s_np2"] / 2 for r in results), default=0)
+    if per_core:
+        print(f"per-core rate (2 processes / 2, best size): {per_core:,.0f} rows/s -> 20M rows on 64 cores: "
+              f"{20e6 / (per_core * 64) / 60:.0f} min (linear scaling assumed)")
+    for r in results:
+        if "clean_s" in r:
+            print(f"clean {human(r['rows'])} rows (exact + MinHash, 2 processes): {r['clean_s']:.0f} s, "
+                  f"peak RSS {r['clean_peak_rss_mb']:,.0f} MB, kept {r['clean_kept']:,}")
+    out = Path(args.out) if args.out else work / "results.json"
+    out.write_text(json.dumps(results, indent=1))
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
