@@ -28,6 +28,7 @@ build a store once and the others wait and map it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import inspect
 import json
@@ -461,9 +462,31 @@ def effective_num_proc(num_proc: int | None, rows: int) -> int:
     return max(1, min(cpus, rows // MIN_ROWS_PER_PROC))
 
 
+@contextlib.contextmanager
+def progress_bars_on_a_terminal():
+    """``datasets``' progress bars only when stderr is a terminal: in a log or a pipe they are noise, and a
+    bad input must end with one ``error:`` line on stderr (the build's summary is logged either way)."""
+    import datasets
+
+    was = datasets.is_progress_bar_enabled()
+    if was and not sys.stderr.isatty():
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+
+
 def build_store(inp: Input, kind: DataKind, config: Mapping[str, Any], tokenizer, out: Path, key: str,
                 material: dict, num_proc: int | None = None) -> Path:
     """Tokenize ``inp`` into ``out`` (through a temporary folder renamed into place)."""
+    with progress_bars_on_a_terminal():
+        return _build_store(inp, kind, config, tokenizer, out, key, material, num_proc)
+
+
+def _build_store(inp: Input, kind: DataKind, config: Mapping[str, Any], tokenizer, out: Path, key: str,
+                 material: dict, num_proc: int | None) -> Path:
     t0 = time.perf_counter()
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
