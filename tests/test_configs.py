@@ -26,8 +26,9 @@ def test_group_option_composes_and_instantiates(group, option, tmp_path):
     if group == "model" and option in NEEDS_PATH:
         overrides.append(f"model.path={tmp_path}")
     cfg = compose_train(overrides, tmp_path)
-    if group == "data" and cfg.data.get("kind") == "preference":  # preference data goes with DPO
-        cfg = compose_train(overrides + ["objective=dpo"], tmp_path)
+    pairs_with = {"preference": "dpo", "unpaired": "kto"}  # preference data goes with DPO, unpaired with KTO
+    if group == "data" and cfg.data.get("kind") in pairs_with:
+        cfg = compose_train(overrides + [f"objective={pairs_with[cfg.data.kind]}"], tmp_path)
     if group == "model" and option in NEEDS_PATH:
         builder = instantiate(cfg.model)
         assert builder.path == str(tmp_path)
@@ -45,5 +46,5 @@ def test_group_option_composes_and_instantiates(group, option, tmp_path):
 
 def test_every_group_is_listed():
     groups = {p.name for p in CONF.iterdir() if p.is_dir()}
-    other_apps = {"hydra", "paths", "benchmark", "merge", "synth", "hparams_search"}
+    other_apps = {"hydra", "paths", "benchmark", "merge", "synth", "hparams_search", "judge"}
     assert set(GROUPS) | other_apps >= groups, groups - set(GROUPS) - other_apps

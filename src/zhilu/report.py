@@ -12,6 +12,12 @@ LoRA, BAdam, LoRA+ and DoRA) and writes, into ``--out`` (default ``<DIR>/report`
 - ``loss_curves.png`` (train and val loss against step, one colour per method) and
   ``time_memory.png`` (bars with std error bars).
 
+The alignment study (``experiment=alignment_ablation``, ``--by objective``: DPO, IPO, hinge,
+SimPO, ORPO, KTO as rows) adds its columns when the runs have them: held-out reward accuracy and
+margin, KL to the start model, SFT validation loss and the safety rates; and two plots,
+``safety_tradeoff.png`` (harmful compliance against over-refusal) and ``margin_curves.png``
+(held-out reward margin, accuracy and KL against step).
+
 A run whose ``metrics.json`` says ``failed`` (or that has none) is counted and listed as failed,
 never silently dropped; a method whose runs all failed shows ``failed`` in its row.
 ``--wandb ENTITY/PROJECT`` reads the runs' summaries and histories from W&B instead (online).
@@ -139,13 +145,13 @@ def _lookup(key: str, metrics: dict, overrides: dict[str, str], path: Path) -> A
 
 
 def read_curves(csv_path: Path) -> dict[str, list[tuple[int, float]]]:
-    """``train/loss`` and ``val/loss`` against ``step`` from Lightning's CSVLogger file."""
+    """:data:`CURVE_KEYS` (``train/loss``, ``val/loss``, ...) against ``step`` from Lightning's CSVLogger file."""
     curves: dict[str, list[tuple[int, float]]] = {}
     if not csv_path.is_file():
         return curves
     with csv_path.open(encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
-            for key in ("train/loss", "val/loss"):
+            for key in CURVE_KEYS:
                 value, step = row.get(key), row.get("step")
                 if value not in (None, "") and step not in (None, ""):
                     curves.setdefault(key, []).append((int(float(step)), float(value)))
@@ -168,7 +174,7 @@ def runs_from_wandb(path: str, group: str | None = None, by: str = "adapter", ap
         if status == "running" and r.state != "running":
             status = states.get(r.state, r.state)
         curves = {}
-        for key in ("train/loss", "val/loss"):
+        for key in CURVE_KEYS:
             rows = r.scan_history(keys=["trainer/global_step", key])
             curves[key] = [(int(row["trainer/global_step"]), float(row[key])) for row in rows]
         runs.append(Run(path=f"wandb:{path}/{r.id}", method=str(method if not isinstance(method, dict) else r.name),
@@ -198,6 +204,15 @@ class Column:
         return None
 
 
+def _pct(m: dict, key: str) -> float | None:
+    """A 0-1 share recorded as ``<key>_final`` (preferred) or ``<key>``, in percent."""
+    for k in (f"{key}_final", key):
+        v = m.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return 100.0 * v
+    return None
+
+
 def _trainable_pct(m: dict) -> float | None:
     t, n = m.get("trainable_params"), m.get("total_params")
     return 100.0 * t / n if isinstance(t, (int, float)) and n else None
@@ -222,7 +237,22 @@ COLUMNS: tuple[Column, ...] = (
     Column("gen_speedup_merged", "Merge speedup (x)", ("gen_speedup_merged",), "{:.2f}"),
     Column("train_loss", "Train loss", ("train_loss",), "{:.3f}"),
     Column("val_loss", "Val loss", ("val_loss_final", "val_loss"), "{:.3f}"),
+    # the alignment study (callbacks=alignment): the same held-out yardstick for every objective
+    Column("heldout_reward_accuracy", "Held-out reward acc. (%)", (), "{:.1f}",
+           value=lambda m: _pct(m, "val_heldout_reward_accuracy")),
+    Column("heldout_margin", "Held-out margin (nats)", ("val_heldout_margin_final", "val_heldout_margin"), "{:.2f}"),
+    Column("heldout_kl", "KL to start (nats/token)", ("val_heldout_kl_final", "val_heldout_kl"), "{:.4f}"),
+    Column("sft_val_loss", "SFT val loss", ("val_sft_val_loss_final", "val_sft_val_loss"), "{:.3f}"),
+    *(Column(k, h, (f"val_safety_{k}_final", f"val_safety_{k}"), "{:.1f}") for k, h in (
+        ("harmful_compliance", "Harmful compliance (%)"), ("harmful_refusal", "Harmful refusal (%)"),
+        ("over_refusal", "Over-refusal (%)"), ("benign_unsafe", "Benign unsafe (%)"),
+        ("risk_disclosure", "Risk disclosure (%)"))),
 )
+
+#: what ``--by`` groups on -> the table's first header
+BY_LABELS = {"adapter": "Method", "objective": "Objective"}
+#: validation curves read from the CSV log besides the losses (the alignment study's margin curves)
+CURVE_KEYS = ("train/loss", "val/loss", "val/heldout_margin", "val/heldout_reward_accuracy", "val/heldout_kl")
 
 
 def score_columns(runs: Sequence[Run]) -> list[Column]:
@@ -284,9 +314,10 @@ class Table:
         return [r for row in self.rows for r in row.runs if not r.finished]
 
 
-def build_table(runs: Sequence[Run], label: str = "Method") -> Table:
-    """Rows per method in order of first appearance; columns that no finished run has are left out."""
-    groups: dict[str, list[Run]] = {}
+def build_table(runs: Sequence[Run], label: str = "Method", order: Sequence[str] = ()) -> Table:
+    """Rows per method in order of first appearance (methods named in ``order`` first, in that order);
+    columns that no finished run has are left out."""
+    groups: dict[str, list[Run]] = {m: [] for m in order if any(r.method == m for r in runs)}
     for r in runs:
         groups.setdefault(r.method, []).append(r)
     candidates = list(COLUMNS) + score_columns(runs)
@@ -433,19 +464,81 @@ def plot_time_memory(table: Table, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
+def _mean_of(row: Row, key: str) -> tuple[float | None, float]:
+    cell = row.cells.get(key)
+    return (cell.mean, cell.std or 0.0) if cell is not None else (None, 0.0)
+
+
+def plot_alignment(table: Table, path_tradeoff: Path, path_curves: Path) -> list[str]:
+    """The alignment study's plots, when the runs have their figures: safety (harmful compliance)
+    against helpfulness (over-refusal), one point per objective with std bars; and the held-out
+    reward margin and KL against step. Returns the names of the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    pts = [(row, _mean_of(row, "over_refusal"), _mean_of(row, "harmful_compliance")) for row in table.rows]
+    pts = [(row, x, y) for row, x, y in pts if x[0] is not None and y[0] is not None]
+    if pts:
+        fig, ax = plt.subplots(figsize=(6, 4.6))
+        for i, (row, (x, xe), (y, ye)) in enumerate(pts):
+            ax.errorbar([x], [y], xerr=[xe], yerr=[ye], fmt="o", capsize=3, color=colors[i % len(colors)],
+                        label=row.method if row.status == "ok" else f"{row.method} ({row.status})")
+            ax.annotate(row.method, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.set_xlabel("over-refusal of benign questions (%)  (lower = more helpful)")
+        ax.set_ylabel("harmful compliance (%)  (lower = safer)")
+        ax.set_title("safety vs helpfulness (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path_tradeoff, dpi=120)
+        plt.close(fig)
+        written.append(path_tradeoff.name)
+    panels = [("val/heldout_margin", "held-out reward margin (nats)"),
+              ("val/heldout_reward_accuracy", "held-out reward accuracy"),
+              ("val/heldout_kl", "KL to the start model (nats/token)")]
+    panels = [(k, t) for k, t in panels if any(run.curves.get(k) for row in table.rows for run in row.runs)]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
+        for ax, (key, title) in zip(axes[0], panels):
+            for i, row in enumerate(table.rows):
+                first = True
+                for run in row.runs:
+                    if not run.curves.get(key):
+                        continue
+                    steps, values = zip(*sorted(run.curves[key]))
+                    ax.plot(steps, values, "o-", color=colors[i % len(colors)], markersize=3, linewidth=1.2,
+                            alpha=0.8, label=row.method if first else None)
+                    first = False
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path_curves, dpi=120)
+        plt.close(fig)
+        written.append(path_curves.name)
+    return written
+
+
 def write_report(runs: Sequence[Run], out: str | Path, title: str = "Method comparison",
-                 label: str = "Method") -> Table:
-    """Write ``table.{md,csv,tex}``, ``loss_curves.png`` and ``time_memory.png`` into ``out``."""
+                 label: str = "Method", order: Sequence[str] = ()) -> Table:
+    """Write ``table.{md,csv,tex}``, ``loss_curves.png`` and ``time_memory.png`` into ``out`` (and, for
+    the alignment study, ``safety_tradeoff.png`` and ``margin_curves.png``)."""
     if not runs:
         raise ConfigError("report: no runs found (expected run dirs with .hydra/overrides.yaml or metrics.json)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = build_table(runs, label)
+    table = build_table(runs, label, order)
     (out / "table.md").write_text(to_markdown(table, title), encoding="utf-8")
     write_csv(table, out / "table.csv")
     (out / "table.tex").write_text(to_latex(table, title), encoding="utf-8")
     plot_loss_curves(table, out / "loss_curves.png")
     plot_time_memory(table, out / "time_memory.png")
+    plot_alignment(table, out / "safety_tradeoff.png", out / "margin_curves.png")
     return table
 
 
@@ -453,8 +546,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m zhilu.report", description=__doc__.split("\n")[0])
     p.add_argument("dirs", nargs="*", help="multirun dirs, folders of them, or run dirs")
     p.add_argument("--out", help="output folder (default: <first DIR>/report, or ./report)")
-    p.add_argument("--by", default="adapter", help="what makes a row (a metrics.json key or a config key)")
+    p.add_argument("--by", default="adapter", help="what makes a row (a metrics.json key or a config key; "
+                   "objective for the alignment study)")
     p.add_argument("--title", default="Method comparison")
+    p.add_argument("--order", default="", help="comma-separated row names to put first, in this order")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead (online)")
     p.add_argument("--wandb-group", help="only runs of this W&B group (e.g. method_ablation)")
     return p.parse_args(argv)
@@ -472,12 +567,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.wandb:
             runs += runs_from_wandb(args.wandb, group=args.wandb_group, by=args.by)
         out = args.out or (Path(args.dirs[0]) / "report" if args.dirs else Path("report"))
-        label = "Method" if args.by == "adapter" else args.by
-        table = write_report(runs, out, title=args.title, label=label)
+        label = BY_LABELS.get(args.by, args.by)
+        order = [m for m in args.order.split(",") if m]
+        table = write_report(runs, out, title=args.title, label=label, order=order)
         print(to_markdown(table, args.title), end="")
         failed = table.failed_runs
         print(f"\n{len(runs)} runs, {len(failed)} failed; wrote {out}/table.{{md,csv,tex}}, "
-              f"loss_curves.png, time_memory.png", file=sys.stderr)
+              "loss_curves.png, time_memory.png (alignment runs: safety_tradeoff.png, margin_curves.png)",
+              file=sys.stderr)
         return 0
 
     return run()

@@ -11,6 +11,8 @@ Batch keys:
 - ``example_ids`` ``[E]``: ``Example.meta["id"]`` of the batch's examples in sequence order
   (``-1`` when unset), so per-example values (e.g. cached reference log-probs) can be looked up
 - ``num_sequences`` (int) and ``num_tokens`` (real tokens in the batch)
+- ``example_labels`` ``[E]`` (float): ``Example.meta["label"]`` of the batch's examples, only when
+  they have one (unpaired KTO data: 1 = desirable, 0 = undesirable)
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ import torch
 
 from zhilu.data.encode import IGNORE_INDEX, Example
 from zhilu.errors import DataError
+
+
+def with_example_labels(examples: Sequence[Example], batch: dict) -> dict:
+    """Add ``example_labels`` when every example carries ``meta["label"]`` (a mix is a data bug)."""
+    have = [("label" in ex.meta) for ex in examples]
+    if any(have):
+        if not all(have):
+            raise DataError("a batch mixes labelled (unpaired) and unlabelled examples")
+        batch["example_labels"] = torch.tensor([float(ex.meta["label"]) for ex in examples], dtype=torch.float32)
+    return batch
 
 
 class PaddedCollator:
@@ -48,7 +60,7 @@ class PaddedCollator:
             attn[i, :n] = 1
             seq_index[i, :n] = i
         position_ids = torch.arange(T).unsqueeze(0).expand(B, T).clone()
-        return {
+        return with_example_labels(examples, {
             "input_ids": input_ids,
             "labels": labels,
             "attention_mask": attn,
@@ -57,7 +69,7 @@ class PaddedCollator:
             "example_ids": example_ids,
             "num_sequences": B,
             "num_tokens": int(attn.sum()),
-        }
+        })
 
 
 class PackedCollator:
@@ -107,7 +119,7 @@ class PackedCollator:
             position_ids[i, :n] = torch.tensor(pos_r)
             seq_index[i, :n] = torch.tensor(idx_r)
             position_ids[i, n:] = torch.arange(T - n)  # the padding tail: its own document
-        return {
+        return with_example_labels([ex for row in rows for ex in row], {
             "input_ids": input_ids,
             "labels": labels,
             "position_ids": position_ids,
@@ -115,4 +127,4 @@ class PackedCollator:
             "example_ids": example_ids,
             "num_sequences": seq_no,
             "num_tokens": real,
-        }
+        })

@@ -89,6 +89,16 @@ class StoreView(Sequence):
             yield from self.examples(range(start, min(start + 256, len(self))))
 
 
+class BatchStep:
+    """A data kind's batch step (``DataKind.batch``), then the collator (picklable for loader workers)."""
+
+    def __init__(self, step, collate) -> None:
+        self.step, self.collate = step, collate
+
+    def __call__(self, examples):
+        return self.collate(self.step(list(examples)))
+
+
 class ListDataset(Dataset):
     def __init__(self, items) -> None:
         self.items = items
@@ -201,6 +211,9 @@ class ChatDataModule(L.LightningDataModule):
         super().__init__()
         self.data_kind = get_kind(kind)
         check_format(self.data_kind, format)
+        if packing and self.data_kind.batch is not None:
+            raise ConfigError(f"data.packing=true does not fit data.kind={kind}: its sequences are completed per "
+                              "batch (KTO's mismatched completions); use data.packing=false")
         if not train_files:
             raise ConfigError("data.train_files is empty")
         if on_error not in ("raise", "skip"):
@@ -359,7 +372,10 @@ class ChatDataModule(L.LightningDataModule):
     # ------------------------------------------------------------- dataloaders
     def collator(self, packed: bool):
         pad = self.tokenizer.pad_token_id
-        return PackedCollator(pad, self.pad_to_multiple_of) if packed else PaddedCollator(pad, self.pad_to_multiple_of)
+        if packed:
+            return PackedCollator(pad, self.pad_to_multiple_of)
+        collate = PaddedCollator(pad, self.pad_to_multiple_of)
+        return BatchStep(self.data_kind.batch, collate) if self.data_kind.batch else collate
 
     def train_dataloader(self) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)  # shared by the sampler and the loader, as shuffle=True does

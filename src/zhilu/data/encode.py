@@ -219,10 +219,13 @@ class ChatEncoder:
         return Encoded([self.bos], turns[:last], [answer])
 
     def encode_pair(self, prompt: Sequence[dict], chosen: str, rejected: str) -> Encoded:
+        return self.encode_answers(prompt, (chosen, rejected))
+
+    def encode_answers(self, prompt: Sequence[dict], answers: Sequence[str]) -> Encoded:
         context = [self.turn(m["role"], m["content"]) for m in prompt]
-        for t in context:  # a pair trains on its two answers only, not on earlier turns of the prompt
+        for t in context:  # train on the answers only, not on earlier turns of the prompt
             t.labels = [IGNORE_INDEX] * len(t.labels)
-        return Encoded([self.bos], context, [self.turn("assistant", a) for a in (chosen, rejected)])
+        return Encoded([self.bos], context, [self.turn("assistant", a) for a in answers])
 
     # ------------------------------------------------------------------ length policy
     def fit(self, enc: Encoded, what: str) -> Example | None:
@@ -235,7 +238,12 @@ class ChatEncoder:
         return self.fit(self.encode_sft(messages), what)
 
     def pair(self, prompt: Sequence[dict], chosen: str, rejected: str, what: str = "pair") -> Example | None:
-        return self.fit(self.encode_pair(prompt, chosen, rejected), what)
+        return self.answers(prompt, (chosen, rejected), what)
+
+    def answers(self, prompt: Sequence[dict], answers: Sequence[str], what: str = "answer") -> Example | None:
+        """One sequence per answer to the same prompt (labels on the answers only); the length policy
+        applies to all of them together (a pair, or KTO's single completion)."""
+        return self.fit(self.encode_answers(prompt, answers), what)
 
 
 #: counts kept per split: rows truncated / dropped by ``data.overlong``, the tokens that cost, and how many

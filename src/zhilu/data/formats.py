@@ -4,6 +4,8 @@
 - ``alpaca``: ``{"instruction": str, "input": str?, "output": str, "system": str?, "history": [[q, a], ...]?}``
 - ``sharegpt``: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...]}``
 - ``preference``: ``{"messages": [... up to the last user turn] | "prompt": str, "chosen": str, "rejected": str}``
+- ``unpaired``: ``{"messages": [... up to the last user turn] | "prompt": str, "completion": str, "label": bool}``
+  (KTO's data: one completion, desirable or not)
 - ``text``: ``{"text": str}``: pre-training text (labelled on every token by the ``sft`` kind)
 
 A new format is a function ``row dict -> parsed row`` (raising ``RowError``) added to ``READERS``;
@@ -139,6 +141,40 @@ def preference_row(row: dict) -> PreferencePair:
 
 
 @dataclass
+class UnpairedRow:
+    """One prompt with one completion labelled desirable (``True``) or undesirable (``False``)."""
+
+    prompt: list[Message]
+    completion: str
+    desirable: bool
+    meta: dict = field(default_factory=dict)
+
+
+def _prompt_messages(row: dict, what: str) -> list[Message]:
+    if "messages" in row:
+        return _check_messages(row["messages"], need_last="user")
+    if isinstance(row.get("prompt"), str) and row["prompt"].strip():
+        prompt = [{"role": "user", "content": row["prompt"]}]
+        if row.get("system"):
+            prompt.insert(0, {"role": "system", "content": row["system"]})
+        return prompt
+    raise RowError(f"{what} needs 'messages' (ending with a user turn) or a 'prompt' string")
+
+
+def unpaired_row(row: dict) -> UnpairedRow:
+    prompt = _prompt_messages(row, "an unpaired row")
+    completion = row.get("completion")
+    if isinstance(completion, dict):  # {"role": "assistant", "content": ...}
+        completion = completion.get("content")
+    if not isinstance(completion, str) or not completion.strip():
+        raise RowError("'completion' is missing or empty")
+    label = row.get("label")
+    if not isinstance(label, bool):
+        raise RowError(f"'label' must be true (desirable) or false (undesirable), got {label!r}")
+    return UnpairedRow(prompt, completion, label, {k: row[k] for k in ("category",) if k in row})
+
+
+@dataclass
 class TextRow:
     """A pre-training text row (``format: text``)."""
 
@@ -157,6 +193,7 @@ READERS: dict[str, Callable] = {
     "alpaca": alpaca_row,
     "sharegpt": sharegpt_row,
     "preference": preference_row,
+    "unpaired": unpaired_row,
     "text": text_row,
 }
 

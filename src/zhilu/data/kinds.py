@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from zhilu.data.encode import ChatEncoder, Example, encode_text
 from zhilu.data.formats import TextRow
+from zhilu.data.unpaired import encode_unpaired, with_mismatched
 from zhilu.errors import ConfigError
 
 Encode = Callable[[ChatEncoder, Any, str], list[Example]]
@@ -35,6 +36,9 @@ class DataKind:
     formats: tuple[str, ...]
     sequences: int
     encode: Encode
+    #: applied to every batch's examples before collation (e.g. KTO's mismatched completions); such a
+    #: kind is not packed (``batch`` may add sequences a packed row has no room for)
+    batch: Callable[[list[Example]], list[Example]] | None = None
 
 
 def encode_sft(encoder: ChatEncoder, row: Any, what: str) -> list[Example]:
@@ -61,6 +65,8 @@ def register_kind(kind: DataKind) -> DataKind:
 
 register_kind(DataKind("sft", ("chat", "alpaca", "sharegpt", "text"), 1, encode_sft))
 register_kind(DataKind("preference", ("preference",), 2, encode_preference))
+# KTO: stored as one sequence per row; each batch adds the mismatched completions (zhilu.data.unpaired)
+register_kind(DataKind("unpaired", ("unpaired", "preference"), 2, encode_unpaired, batch=with_mismatched))
 
 
 def get_kind(name: str) -> DataKind:

@@ -45,6 +45,8 @@ def model_display_name(cfg: DictConfig, builder) -> str:
 def run(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     benchmark = build(cfg.benchmark)
+    if callable(getattr(benchmark, "evaluate_model", None)):  # a benchmark that generates and judges (safety)
+        return run_generative(cfg, benchmark)
     scorer = pick_scorer(cfg)
     data = benchmark.load()  # bad data fails before the model is loaded
     builder = build(cfg.model)
@@ -66,3 +68,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(f"{s['num_questions']} questions, {s['questions_per_s'] or 0:.1f} questions/s; "
           f"{s['dropped_shots']} shots dropped to fit {s['max_length']} tokens; outputs in {out}")
     return result.summary()
+
+
+def run_generative(cfg: DictConfig, benchmark) -> dict[str, Any]:
+    """A benchmark that answers its own prompts and scores them (``evaluate_model``), e.g. ``safety``."""
+    benchmark.load()  # bad prompt files fail before the model is loaded
+    builder = build(cfg.model)
+    model, tokenizer = load_model(builder)
+    out = Path(cfg.paths.output_dir)
+    summary = benchmark.evaluate_model(model, tokenizer, out, model_name=model_display_name(cfg, builder))
+    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    print((out / "table.md").read_text(encoding="utf-8"), end="")
+    print(f"{summary['prompts']} prompts, {summary['judge_errors']} without a verdict; generation "
+          f"{summary['generation_s']:.1f} s, judge {summary['judge_s']:.1f} s; outputs in {out}")
+    return summary

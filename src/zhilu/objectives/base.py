@@ -13,7 +13,7 @@ class Objective:
     What it needs is declared, so config checks (:mod:`zhilu.train.compat`, ``train.run.build``)
     read it instead of probing:
 
-    - ``data_kind``: which data it reads (a data module ``kind``: ``sft``, ``preference``);
+    - ``data_kind``: which data it reads (a data module ``kind``: ``sft``, ``preference``, ``unpaired``);
     - ``needs_reference``: whether ``loss`` compares the policy with a reference policy
       (:class:`zhilu.objectives.reference.ReferencePolicy`, built in ``setup``);
     - ``precompute_ref``: whether that reference is scored once at fit start and cached.

@@ -98,6 +98,11 @@ class DPO(Objective):
         self.logits_budget_mb = logits_budget_mb
         self.reference: ReferencePolicy | None = None  # built in setup(), when the loss uses one
 
+    @property
+    def name(self) -> str:
+        """``dpo`` for the sigmoid loss, else the loss type (``ipo``, ``hinge``, ``simpo``, ``orpo``)."""
+        return "dpo" if self.loss_type == "sigmoid" else self.loss_type
+
     # ------------------------------------------------------------------ reference
     def setup(self, module) -> None:
         if self.needs_reference:

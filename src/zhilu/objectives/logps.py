@@ -312,6 +312,16 @@ HEAD_IMPLS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+def labelled_hidden(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hidden states ``[N, H]`` that predict the batch's ``N`` labels, the labels ``[N]`` and their
+    sequence ids ``[N]`` (a label is never predicted across a sequence boundary)."""
+    view = decoder_view(model, batch)
+    tgt = view.labels[:, 1:]
+    seq = view.seq[:, :-1]
+    mask = (tgt != IGNORE_INDEX) & (view.seq[:, 1:] == seq) & (seq >= 0)
+    return view.hidden[:, :-1][mask], tgt[mask], seq[mask]
+
+
 def label_logps(model, batch: dict, impl: str = "auto", chunk_size: int | None = None,
                 logits_budget_mb: float = DEFAULT_LOGITS_BUDGET_MB) -> LabelLogps:
     """Log-probs of every label given the tokens before it in its own sequence.
@@ -323,13 +333,7 @@ def label_logps(model, batch: dict, impl: str = "auto", chunk_size: int | None =
     """
     if impl not in LOSS_IMPLS:
         raise ConfigError(f"objective.loss_impl={impl!r}: expected one of {', '.join(LOSS_IMPLS)}")
-    view = decoder_view(model, batch)
-    tgt = view.labels[:, 1:]
-    seq = view.seq[:, :-1]
-    mask = (tgt != IGNORE_INDEX) & (view.seq[:, 1:] == seq) & (seq >= 0)
-    h = view.hidden[:, :-1][mask]
-    t = tgt[mask]
-    seq = seq[mask]
+    h, t, seq = labelled_hidden(model, batch)
     if impl == "auto":
         impl = "chunked"
     lm = base_causal_lm(model)
