@@ -27,14 +27,14 @@ from torch import nn
 
 from zhilu.errors import ConfigError, DataError
 from zhilu.objectives.base import Objective
-from zhilu.objectives.logps import DEFAULT_LOGITS_BUDGET_MB, budget_chunk, label_logps
+from zhilu.objectives.logps import DEFAULT_LOGITS_BUDGET_MB, budget_chunk
 from zhilu.objectives.preference_losses import LOSS_TYPES
-from zhilu.objectives.reference import CACHE_NAME, ReferencePolicy, SeqLogps
+from zhilu.objectives.reference import CACHE_NAME, ReferencePolicy, ReferenceScoring
 
 log = logging.getLogger(__name__)
 
 
-class DPO(Objective):
+class DPO(ReferenceScoring, Objective):
     """Preference optimisation of the policy against a reference (or none, for SimPO/ORPO).
 
     Args:
@@ -109,14 +109,6 @@ class DPO(Objective):
             self.reference = ReferencePolicy(module.adapter.reference, self._logps,
                                              precompute=self.precompute_ref, batch_size=self.ref_batch_size)
             self.reference.setup(module)
-
-    def on_fit_start(self, module) -> None:
-        if self.reference is not None:
-            self.reference.on_fit_start(module)
-
-    def _logps(self, model: nn.Module, batch: dict) -> SeqLogps:
-        lp = label_logps(model, batch, self.loss_impl, self.chunk_size, self.logits_budget_mb)
-        return lp.seq_logps, lp.seq_counts
 
     @property
     def _reference(self) -> ReferencePolicy | None:

@@ -33,12 +33,11 @@ from typing import Any
 
 import torch
 
-from torch import nn
 
 from zhilu.errors import ConfigError, DataError
 from zhilu.objectives.base import Objective
-from zhilu.objectives.logps import DEFAULT_LOGITS_BUDGET_MB, budget_chunk, label_logps
-from zhilu.objectives.reference import CACHE_NAME, ReferencePolicy, SeqLogps
+from zhilu.objectives.logps import DEFAULT_LOGITS_BUDGET_MB, budget_chunk
+from zhilu.objectives.reference import CACHE_NAME, ReferencePolicy, ReferenceScoring
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -66,7 +65,7 @@ def kto_losses(
 
 
 # ------------------------------------------------------------------------- the objective
-class KTO(Objective):
+class KTO(ReferenceScoring, Objective):
     """KTO against the reference policy (the adapter switched off, or a frozen copy).
 
     Args:
@@ -108,14 +107,6 @@ class KTO(Objective):
                               "precomputed, and KTO's mismatched pairs are drawn per batch (use another adapter)")
         self.reference = ReferencePolicy(module.adapter.reference, self._logps)
         self.reference.setup(module)
-
-    def on_fit_start(self, module) -> None:
-        if self.reference is not None:
-            self.reference.on_fit_start(module)
-
-    def _logps(self, model: nn.Module, batch: dict) -> SeqLogps:
-        lp = label_logps(model, batch, self.loss_impl, self.chunk_size, self.logits_budget_mb)
-        return lp.seq_logps, lp.seq_counts
 
     @property
     def name(self) -> str:

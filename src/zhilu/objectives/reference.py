@@ -287,3 +287,21 @@ class ReferencePolicy:
         finally:
             model.train(was_training)
         return {"sums": sums, "counts": counts}
+
+
+class ReferenceScoring:
+    """Mixin for an objective scored against a :class:`ReferencePolicy` (DPO, KTO): the fit-start hook
+    and the per-sequence label log-probs with the objective's LM-head settings (``loss_impl``,
+    ``chunk_size``, ``logits_budget_mb``), which the policy and its reference share."""
+
+    reference: ReferencePolicy | None = None
+
+    def on_fit_start(self, module) -> None:
+        if self.reference is not None:
+            self.reference.on_fit_start(module)
+
+    def _logps(self, model: nn.Module, batch: dict) -> SeqLogps:
+        from zhilu.objectives.logps import label_logps
+
+        lp = label_logps(model, batch, self.loss_impl, self.chunk_size, self.logits_budget_mb)
+        return lp.seq_logps, lp.seq_counts
