@@ -40,8 +40,10 @@ def main() -> None:
     from bench.common import model_config
     from zhilu.adapters import LoRA
     from zhilu.data.collate import PaddedCollator
+    from itertools import islice
+
     from zhilu.data.encode import ChatEncoder
-    from zhilu.data.formats import preference_row
+    from zhilu.data.formats import iter_rows
     from zhilu.model import ModelBuilder
     from zhilu.objectives import DPO
     from zhilu.objectives.logps import label_logps
@@ -51,17 +53,16 @@ def main() -> None:
     builder = ModelBuilder(config=model_config(args.size), dtype="float32", attn_implementation="sdpa", seed=0)
     tok = builder.load_tokenizer()
     enc = ChatEncoder(tok, max_length=256)
-    rows = [json.loads(line) for line in (ROOT / "data/finance_dpo/train.jsonl").read_text().splitlines()[:8]]
+    # the project's reader: lines end at \n only, bad rows named by file:line
+    rows = list(islice(iter_rows(ROOT / "data/finance_dpo/train.jsonl", "preference"), 8))
     pairs = []
-    for i, r in enumerate(rows):
-        pr = preference_row(dict(r))
+    for i, pr in enumerate(rows):
         ex = enc.pair(pr.prompt, pr.chosen, pr.rejected)
         ex.meta["id"] = i
         pairs.append(ex)
     pair_batch = PaddedCollator(tok.pad_token_id)(pairs)
     sft_batch = PaddedCollator(tok.pad_token_id)([  # the chosen answers as SFT rows
-        enc.sft([*r.get("messages", [{"role": "user", "content": r.get("prompt")}]),
-                 {"role": "assistant", "content": r["chosen"]}]) for r in rows])
+        enc.sft([*r.prompt, {"role": "assistant", "content": r.chosen}]) for r in rows])
     ids = sft_batch["input_ids"][:2]
     original = builder.build(tok).eval()
     with torch.no_grad():
