@@ -62,7 +62,9 @@ def make_rows(n: int, path: Path) -> Path:
     """``n`` chat rows: the shipped dialogues repeated, the first user turn of copy ``k`` suffixed with ``k``."""
     if path.is_file():
         return path
-    base = [json.loads(line) for line in (ROOT / "data" / "finance_sft" / "train.jsonl").read_text().splitlines()]
+    from zhilu.utils.jsonl import iter_jsonl  # lines end at \n only
+
+    base = [row for _, row, _ in iter_jsonl(ROOT / "data" / "finance_sft" / "train.jsonl")]
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for i in range(n):

@@ -85,8 +85,9 @@ def load_tokenizer(args):
 def dialogues(folder: Path | None) -> list[list[dict]]:
     if folder is not None and folder.is_dir():
         return disc_dialogues(folder)
-    rows = (ROOT / "data" / "finance_sft" / "train.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(r)["messages"] for r in rows if r.strip()]
+    from zhilu.utils.jsonl import iter_jsonl  # lines end at \n only
+
+    return [row["messages"] for _, row, _ in iter_jsonl(ROOT / "data" / "finance_sft" / "train.jsonl")]
 
 
 def batches(args, tok) -> tuple[list[dict], str]:
