@@ -9,7 +9,8 @@ rows differ. Every measurement runs in a fresh process (``worker`` sub-command):
 - ``prep``: first run, an empty cache: the store built with ``data.num_proc`` 1 and 2 (time, rows/s);
 - ``hit``: second run: ``prepare_data`` + ``setup`` on the built store (the cache-hit data setup time),
   with packing: the time to pack every example (best-fit-decreasing on the length array);
-- ``train``: ``train.py``'s recipe (tiny model, LoRA, 3 steps, batch 8) from the store: peak RSS of the process;
+- ``train``: ``train.py``'s recipe (tiny model, LoRA, 3 steps, batch 8) from the store: peak RSS of the process,
+  ``--train-repeats`` times (each a fresh process; the table gives the lowest and highest);
 - ``legacy``: the same run through today's in-memory path (every example a Python list of ints, encoded
   at every start; ``LegacyDataModule`` below is the previous ``ChatDataModule.read``): setup time, peak RSS;
 - ``clean``: ``python -m zhilu.data.clean`` (exact + MinHash dedup, 2 processes) on the rows: time, peak RSS.
@@ -209,7 +210,8 @@ def main() -> None:
     p.add_argument("--sizes", default="10k,100k,1m")
     p.add_argument("--legacy-sizes", default="10k,100k")
     p.add_argument("--clean-sizes", default="1m")
-    p.add_argument("--np1-max", default="100k", help="largest size also prepared with 1 process (rows/s ratio)")
+    p.add_argument("--np1-max", default="1m", help="largest size also prepared with 1 process (rows/s ratio)")
+    p.add_argument("--train-repeats", type=int, default=2, help="fresh training processes per size (peak RSS)")
     p.add_argument("--work", default=str(ROOT / "logs" / "bench_data_scale"))
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -239,10 +241,11 @@ def main() -> None:
         r = run_worker("hit", data=data, cache=cache)
         row.update(hit_setup_s=r["hit_setup_s"], pack_s=r["pack_s"], examples=r["examples"])
         print(f"{human(n)}: cache hit setup {r['hit_setup_s']:.2f} s, packing {r['pack_s']:.2f} s", flush=True)
-        r = run_worker("train", data=data, cache=cache)
-        row["train_peak_rss_mb"], row["train_anon_rss_mb"] = r["peak_rss_mb"], r["anon_rss_mb"]
-        print(f"{human(n)}: train peak RSS {r['peak_rss_mb']:.0f} MB (anonymous at the end {r['anon_rss_mb']:.0f} MB)",
-              flush=True)
+        runs = [run_worker("train", data=data, cache=cache) for _ in range(args.train_repeats)]
+        row["train_peak_rss_mb"] = [r["peak_rss_mb"] for r in runs]
+        row["train_anon_rss_mb"] = [r["anon_rss_mb"] for r in runs]
+        print(f"{human(n)}: train peak RSS {', '.join(f'{x:.0f}' for x in row['train_peak_rss_mb'])} MB "
+              f"(anonymous at the end {', '.join(f'{x:.0f}' for x in row['train_anon_rss_mb'])} MB)", flush=True)
         if n in legacy_sizes:
             r = run_worker("legacy", data=data, cache=cache)
             row["legacy_peak_rss_mb"], row["legacy_anon_rss_mb"] = r["peak_rss_mb"], r["anon_rss_mb"]
@@ -257,7 +260,8 @@ def main() -> None:
         subprocess.run(["rm", "-rf", str(d / "cache_np1")], check=True)
     base = results[0]
     lines = ["| rows | tokens | prep 1 proc (s) | rows/s 1 proc | prep 2 procs (s) | rows/s 2 procs | 2 / 1 | "
-             "cache-hit setup (s) | pack all (s) | train peak RSS (MB) | vs smallest | in-memory path peak RSS (MB) |",
+             "cache-hit setup (s) | pack all (s) | train peak RSS (MB, min-max) | min vs smallest | "
+             "in-memory path peak RSS (MB) |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         legacy = f"{r['legacy_peak_rss_mb']:,.0f}" if "legacy_peak_rss_mb" in r else "–"
@@ -266,13 +270,17 @@ def main() -> None:
         lines.append(f"| {human(r['rows'])} | {r['tokens']:,} | {np1} | "
                      f"{r['prep_np2_s']:.1f} | {r['rows_per_s_np2']:,.0f} | "
                      f"{ratio} | {r['hit_setup_s']:.2f} | {r['pack_s']:.2f} | "
-                     f"{r['train_peak_rss_mb']:,.0f} | {r['train_peak_rss_mb'] - base['train_peak_rss_mb']:+,.0f} | "
+                     f"{min(r['train_peak_rss_mb']):,.0f}-{max(r['train_peak_rss_mb']):,.0f} | "
+                     f"{min(r['train_peak_rss_mb']) - min(base['train_peak_rss_mb']):+,.0f} | "
                      f"{legacy} |")
     print("\n".join(lines))
-    per_core = max((r["rows_per_s_np2"] / 2 for r in results), default=0)
-    if per_core:
-        print(f"per-core rate (2 processes / 2, best size): {per_core:,.0f} rows/s -> 20M rows on 64 cores: "
-              f"{20e6 / (per_core * 64) / 60:.0f} min (linear scaling assumed)")
+    big = results[-1]
+    for key, procs in (("rows_per_s_np1", 1), ("rows_per_s_np2", 2)):
+        if key in big:
+            per_core = big[key] / procs
+            print(f"per-core rate at {human(big['rows'])} rows ({procs} process{'es' if procs > 1 else ''}): "
+                  f"{per_core:,.0f} rows/s -> the card's 20M rows on a 64-core node: "
+                  f"{20e6 / (per_core * 64) / 60:.1f} min (linear scaling assumed)")
     for r in results:
         if "clean_s" in r:
             print(f"clean {human(r['rows'])} rows (exact + MinHash, 2 processes): {r['clean_s']:.0f} s, "

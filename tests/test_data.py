@@ -65,6 +65,26 @@ def test_overlong_policies(tokenizer):
         ChatEncoder(tokenizer, overlong="cut")
 
 
+@pytest.mark.parametrize("n,num_samples", [(10, None), (10_000, None), (9_000, 20_000), (7, 3)])
+def test_replayable_sampler_draws_what_torch_draws(n, num_samples):
+    """The permutation handed out in slices (no epoch-long Python list): the same indices as torch's
+    RandomSampler, across several slices and with num_samples, and the generator left in the same state."""
+    import torch
+    from torch.utils.data import RandomSampler
+
+    from zhilu.data.sampler import ReplayableRandomSampler
+
+    data = range(n)
+    theirs = RandomSampler(data, num_samples=num_samples, generator=torch.Generator().manual_seed(5))
+    ours = ReplayableRandomSampler(data, generator=torch.Generator().manual_seed(5))
+    ours._num_samples = num_samples
+    for _ in range(2):
+        drawn = list(ours)
+        assert drawn == list(theirs) and len(drawn) == (num_samples or n)
+        assert all(type(i) is int for i in drawn[:3])
+    assert torch.equal(ours.generator.get_state(), theirs.generator.get_state())
+
+
 def test_replayable_sampler_keeps_torch_order_and_replays_an_interrupted_epoch():
     import torch
     from torch.utils.data import DataLoader

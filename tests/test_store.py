@@ -106,6 +106,35 @@ def test_two_tokenizing_processes_build_the_same_store(tmp_path, tokenizer):
     same(list(one.train_examples), reference(rows, "chat", "sft", tokenizer, 64))
 
 
+def test_the_row_index_matches_the_arrow_files_and_reading_decodes_only_the_batches_asked_for(tmp_path, tokenizer):
+    """line/status/length and the batch offsets come from the index; an example's record batch is
+    decoded only when it is read (opening a million-example store must not touch every batch)."""
+    import pyarrow as pa
+
+    from zhilu.data.store import TokenStore
+
+    rows = [{"messages": m} for m in DIALOGUES * 300]  # more than two record batches on each of 2 processes
+    rows[5] = {"messages": "not a list"}
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    dm = dm_for(path, tokenizer, tmp_path / "c", max_length=40, num_proc=2, on_error="skip")
+    (store,) = dm._stores.values()
+    store = TokenStore(store.path)  # freshly opened: nothing decoded yet
+    assert store._cache == {} and len(store._batch_start) > 4
+    tables = [pa.ipc.open_stream(pa.memory_map(str(store.path / f))).read_all() for f in store.meta["files"]]
+    table = pa.concat_tables(tables)
+    assert store.line.tolist() == table.column("line").to_pylist()
+    assert store.status.tolist() == table.column("status").to_pylist()
+    assert store.length.tolist() == table.column("length").to_pylist()
+    stats = [json.loads(x) for x in table.column("stats").to_pylist() if x]
+    assert store.encoder_stats() == {k: sum(r.get(k, 0) for r in stats) for r in stats for k in r}
+    assert store.encoder_stats()["truncated"] > 0
+    last = len(store) - 1
+    (ex,) = store.examples([last])
+    assert ex.input_ids == table.column("input_ids")[last].as_py() and len(store._cache) == 1
+    assert store.message(int(store.problems()[0])) == f"{path}:6: empty dialogue"
+    same(list(dm.train_examples), reference(rows[:5] + rows[6:], "chat", "sft", tokenizer, 40))
+
+
 # ------------------------------------------------------------------- cache keys
 @pytest.fixture
 def count_calls(monkeypatch):

@@ -46,8 +46,11 @@ class StoreView(Sequence):
         self.labels = list(labels) if labels is not None else [None] * len(self.stores)
         self.offsets = np.cumsum([0] + [len(s) for s in self.stores]).astype(np.int64)
         self.refs = np.asarray(refs, dtype=np.int64)
-        all_lengths = np.concatenate([s.length for s in self.stores]) if self.stores else np.zeros(0, np.int32)
-        self.lengths = all_lengths[self.refs].astype(np.int64)
+        self.lengths = np.zeros(len(self.refs), np.int64)  # gathered store by store (no concatenated copy)
+        which = self.store_of(self.refs)
+        for s, store in enumerate(self.stores):
+            sel = which == s
+            self.lengths[sel] = store.length[self.refs[sel] - self.offsets[s]]
 
     def subset(self, positions) -> "StoreView":
         view = StoreView.__new__(StoreView)

@@ -52,7 +52,7 @@ from zhilu.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-STORE_VERSION = 2
+STORE_VERSION = 3
 OK, TRUNCATED, DROPPED, BAD_ROW, FAILED = range(5)
 STATUS_NAMES = ("ok", "truncated", "dropped_overlong", "bad_row", "failed")
 # data config keys that change batching, splitting or packing, never the tokens of an example
@@ -286,9 +286,22 @@ def store_key(inp: Input, kind: DataKind, config: Mapping[str, Any], tokenizer_h
 
 
 # ------------------------------------------------------------------------------- the store
+INDEX = "index"  # the row index beside the Arrow files: one .npy per column, memory-mapped
+
+
 class TokenStore:
-    """One input's examples, memory-mapped; the numpy columns (``line``, ``status``, ``length``) are
-    read once, token ids only for the examples asked for."""
+    """One input's examples, memory-mapped.
+
+    What every process needs of every example (``line``, ``status``, ``length``, and the encoder's
+    counts of the few entries that have any) is a row index of small ``.npy`` arrays written beside the
+    Arrow files at build time and memory-mapped here; the Arrow files are opened without reading them
+    (an Arrow IPC stream has no footer, so the index also keeps where each record batch starts), and a
+    record batch is decoded, zero-copy from the mapped file, only when one of its examples is asked
+    for. Opening a store of a million examples so touches about 13 bytes per example, not the pages
+    of every record batch: a process's memory stays flat in the data set's size.
+    """
+
+    CACHED_BATCHES = 256
 
     def __init__(self, path: str | Path) -> None:
         import mmap
@@ -297,23 +310,23 @@ class TokenStore:
 
         self.path = Path(path)
         self.meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
-        # The Arrow IPC stream files datasets wrote, memory-mapped without copies (as datasets.Dataset.from_file
-        # does, without importing datasets at every start). MADV_RANDOM: no read-ahead, so reading the small
-        # columns and one batch's rows faults in those pages, not the megabytes around them.
-        tables = []
-        self._maps = []
+        index = self.path / INDEX
+        self.line = _load(index / "line.npy")
+        self.status = _load(index / "status.npy")
+        self.length = _load(index / "length.npy")
+        batches = _load(index / "batches.npy")  # (file, byte offset, first entry) of every record batch
+        self._batch_file = np.asarray(batches[:, 0])
+        self._batch_offset = np.asarray(batches[:, 1])
+        self._batch_start = np.asarray(batches[:, 2])
+        self._buffers = []
+        self._schema = None
         for name in self.meta["files"]:
             with open(self.path / name, "rb") as f:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
             if hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-                mm.madvise(mmap.MADV_RANDOM)
-            self._maps.append(mm)
-            tables.append(pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(mm))).read_all())
-        self.table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-        self.line = _numpy(self.table.column("line"), np.int64)
-        self.status = _numpy(self.table.column("status"), np.int8)
-        self.length = _numpy(self.table.column("length"), np.int32)
-        self._chunk_starts = np.cumsum([0] + [len(c) for c in self.table.column("line").chunks]).astype(np.int64)
+                mm.madvise(mmap.MADV_RANDOM)  # no read-ahead: one batch's rows fault in those pages only
+            self._buffers.append(pa.py_buffer(mm))
+        self._cache: dict[int, Any] = {}
         self._stats: tuple | None = None
 
     def __len__(self) -> int:
@@ -341,17 +354,9 @@ class TokenStore:
         """The encoder's counts (``ChatEncoder.stats``: truncated, dropped_overlong, ...) summed over
         ``entries`` (all when ``None``; repeated entries count again)."""
         if self._stats is None:
-            import pyarrow.compute as pc
-
-            col = self.table.column("stats")
-            idx, start = [], 0
-            for chunk in col.chunks:
-                idx.append(_numpy(pc.indices_nonzero(pc.is_valid(chunk)), np.uint64).astype(np.int64) + start)
-                start += len(chunk)
-            idx = np.concatenate(idx) if idx else np.zeros(0, np.int64)
-            rows = [json.loads(x) for x in self._take("stats", idx)] if len(idx) else []
-            keys = sorted({k for r in rows for k in r})
-            self._stats = (idx, {k: np.array([r.get(k, 0) for r in rows], dtype=np.int64) for k in keys})
+            table = np.asarray(_load(self.path / INDEX / "stats.npy"))
+            keys = self.meta["stats_keys"]
+            self._stats = (table[:, 0], {k: table[:, 1 + i] for i, k in enumerate(keys)})
         idx, values = self._stats
         if entries is None:
             return {k: int(v.sum()) for k, v in values.items()}
@@ -367,7 +372,7 @@ class TokenStore:
 
     def message(self, entry: int) -> str:
         """The one-line error of a bad or failed entry, as the readers word it."""
-        text = self.table.column("message")[int(entry)].as_py()
+        (text,) = self._take("message", np.array([entry], dtype=np.int64))
         if self.status[entry] == FAILED:
             return text
         return row_error(self.source, int(self.line[entry]), self.meta["numbering"], text)
@@ -385,18 +390,33 @@ class TokenStore:
         starts = np.flatnonzero(np.r_[True, self.line[1:] != self.line[:-1]])
         return starts, np.r_[starts[1:], n]
 
+    def _batch(self, k: int):
+        """Record batch ``k``, decoded from the mapped file (its buffers point into the map: no copy)."""
+        batch = self._cache.get(k)
+        if batch is None:
+            import pyarrow as pa
+
+            buf = self._buffers[int(self._batch_file[k])]
+            if self._schema is None:
+                self._schema = pa.ipc.read_schema(pa.ipc.read_message(pa.BufferReader(buf)))
+            message = pa.ipc.read_message(pa.BufferReader(buf.slice(int(self._batch_offset[k]))))
+            batch = pa.ipc.read_record_batch(message, self._schema)
+            if len(self._cache) >= self.CACHED_BATCHES:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[k] = batch
+        return batch
+
     def _take(self, name: str, entries: np.ndarray) -> list:
-        """Values of column ``name`` at ``entries``, read chunk by chunk (a take on the whole chunked
-        column would first concatenate it: the entire column in memory)."""
+        """Values of column ``name`` at ``entries``, decoding only the record batches that hold them."""
         import pyarrow as pa
 
-        column = self.table.column(name)
-        which = np.searchsorted(self._chunk_starts, entries, side="right") - 1
+        entries = np.asarray(entries, dtype=np.int64)
+        which = np.searchsorted(self._batch_start, entries, side="right") - 1
         out: list = [None] * len(entries)
         for k in np.unique(which).tolist():
             sel = np.flatnonzero(which == k)
-            local = pa.array(entries[sel] - self._chunk_starts[k], type=pa.int64())
-            for i, value in zip(sel.tolist(), column.chunk(k).take(local).to_pylist()):
+            local = pa.array(entries[sel] - self._batch_start[k], type=pa.int64())
+            for i, value in zip(sel.tolist(), self._batch(k).column(name).take(local).to_pylist()):
                 out[i] = value
         return out
 
@@ -410,6 +430,14 @@ class TokenStore:
         return out
 
 
+def _load(path: Path) -> np.ndarray:
+    """A ``.npy`` array memory-mapped (read-only; an empty one read, as an empty file cannot be mapped)."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError:
+        return np.load(path)
+
+
 def _numpy(column, dtype) -> np.ndarray:
     """A fixed-width Arrow column (chunked or not, no nulls) as one numpy array, read from its buffers
     (``to_numpy`` would import pandas: seconds at every start)."""
@@ -417,6 +445,56 @@ def _numpy(column, dtype) -> np.ndarray:
     size = np.dtype(dtype).itemsize
     parts = [np.frombuffer(c.buffers()[1], dtype=dtype, count=len(c), offset=c.offset * size) for c in chunks]
     return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def write_index(folder: Path, files: Sequence[str]) -> dict:
+    """The row index of the Arrow files ``files`` in ``folder`` (see :class:`TokenStore`), written to
+    ``folder/index``; returns what goes into ``meta.json`` (counts, tokens, rows, the stats keys)."""
+    import mmap
+
+    import pyarrow as pa
+
+    index = folder / INDEX
+    index.mkdir()
+    cols: dict[str, list] = {"line": [], "status": [], "length": []}
+    batches, stats_entries, stats_rows, start = [], [], [], 0
+    for f, name in enumerate(files):
+        if not (folder / name).stat().st_size:
+            continue
+        with open(folder / name, "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        reader = pa.BufferReader(pa.py_buffer(mm))
+        schema = pa.ipc.read_schema(pa.ipc.read_message(reader))
+        while True:
+            offset = reader.tell()
+            try:
+                message = pa.ipc.read_message(reader)
+            except EOFError:
+                break
+            batch = pa.ipc.read_record_batch(message, schema)
+            batches.append((f, offset, start))
+            for c, dtype in (("line", np.int64), ("status", np.int8), ("length", np.int32)):
+                cols[c].append(_numpy(batch.column(c), dtype))
+            for i, text in enumerate(batch.column("stats").to_pylist()):
+                if text:
+                    stats_entries.append(start + i)
+                    stats_rows.append(json.loads(text))
+            start += batch.num_rows
+    arrays = {c: (np.concatenate(v) if v else np.zeros(0, dtype)) for (c, v), dtype in
+              zip(cols.items(), (np.int64, np.int8, np.int32))}
+    keys = sorted({k for r in stats_rows for k in r})
+    stats = np.zeros((len(stats_rows), 1 + len(keys)), dtype=np.int64)
+    stats[:, 0] = stats_entries
+    for j, r in enumerate(stats_rows):
+        stats[j, 1:] = [r.get(k, 0) for k in keys]
+    for c, a in arrays.items():
+        np.save(index / f"{c}.npy", a)
+    np.save(index / "batches.npy", np.array(batches, dtype=np.int64).reshape(-1, 3))
+    np.save(index / "stats.npy", stats)
+    status = arrays["status"]
+    return {"entries": len(status), "rows": int(len(np.unique(arrays["line"]))),
+            "counts": dict(zip(STATUS_NAMES, np.bincount(status, minlength=len(STATUS_NAMES)).tolist())),
+            "tokens": int(arrays["length"].sum(dtype=np.int64)), "stats_keys": keys}
 
 
 _TEMP_ROOT: str | None = None
@@ -500,15 +578,13 @@ def _build_store(inp: Input, kind: DataKind, config: Mapping[str, Any], tokenize
                      cache_file_name=str(tmp / "data.arrow"), new_fingerprint=key, load_from_cache_file=False,
                      desc=f"tokenizing {Path(inp.path).name}")
         files = [os.path.relpath(f["filename"], tmp) for f in ds.cache_files]
-        status = _numpy(ds.data.table.column("status"), np.int8)
-        counts = dict(zip(STATUS_NAMES, np.bincount(status, minlength=len(STATUS_NAMES)).tolist()))
+        del ds, raw
+        summary = write_index(tmp, files)
+        counts = summary["counts"]
         seconds = time.perf_counter() - t0
         meta = {"key": key, "input": inp.path, "format": inp.format, "kind": kind.name, "numbering": inp.numbering,
-                "files": files, "entries": len(status),
-                "rows": int(len(np.unique(_numpy(ds.data.table.column("line"), np.int64)))),
-                "counts": counts, "tokens": int(_numpy(ds.data.table.column("length"), np.int32).sum(dtype=np.int64)),
-                "num_proc": procs, "build_s": round(seconds, 3), "built_by": os.getpid(), "material": material}
-        del ds, raw
+                "files": files, **summary, "num_proc": procs, "build_s": round(seconds, 3), "built_by": os.getpid(),
+                "material": material}
         shutil.rmtree(tmp / "raw", ignore_errors=True)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
         os.replace(tmp, out)
