@@ -9,7 +9,8 @@ rows differ. Every measurement runs in a fresh process (``worker`` sub-command):
 - ``prep``: first run, an empty cache: the store built with ``data.num_proc`` 1 and 2 (time, rows/s);
 - ``hit``: second run: ``prepare_data`` + ``setup`` on the built store (the cache-hit data setup time),
   with packing: the time to pack every example (best-fit-decreasing on the length array);
-- ``train``: ``train.py``'s recipe (tiny model, LoRA, 3 steps, batch 8) from the store: peak RSS of the process,
+- ``train``: ``train.py``'s recipe (tiny model, LoRA, 3 steps, 8 packed rows of 512 tokens: the same batch
+  shape at every size, and every example packed at setup) from the store: peak RSS of the process,
   ``--train-repeats`` times (each a fresh process; the table gives the lowest and highest);
 - ``legacy``: the same run through today's in-memory path (every example a Python list of ints, encoded
   at every start; ``LegacyDataModule`` below is the previous ``ChatDataModule.read``): setup time, peak RSS;
@@ -36,7 +37,7 @@ os.environ.setdefault("ZHILU_ROOT", str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-from zhilu.data.datamodule import ChatDataModule, ListDataset  # noqa: E402
+from zhilu.data.datamodule import ChatDataModule, ListDataset, PackedDataset  # noqa: E402
 from zhilu.utils import resolvers  # noqa: E402,F401 - the configs' resolvers
 
 
@@ -105,7 +106,7 @@ class LegacyDataModule(ChatDataModule):
         for i, ex in enumerate(train):
             ex.meta["id"] = i
         self.train_examples, self.val_examples = train, []
-        self.train_set = ListDataset(train)
+        self.train_set = PackedDataset(train, self.pack_length, self.seed) if self.packing else ListDataset(train)
         self.stats["train/examples"] = len(train)
         self.stats["setup_s"] = time.perf_counter() - t0
 
@@ -157,6 +158,9 @@ def worker_train(args, legacy: bool) -> dict:
     out = Path(args.cache).parent / ("legacy_run" if legacy else "store_run")
     overrides = [f"data.train_files=[{args.data}]", "data.val_files=[]", f"data.cache_dir={args.cache}",
                  "data.batch_size=8", "data.max_length=512", "adapter=lora", "trainer.max_steps=3", "logger=csv",
+                 # packed to full rows: every size trains on [8, 512] batches, so the peak compares the data
+                 # path's memory, not which examples the shuffle happened to put in the first batches
+                 "data.packing=true", "data.pack_length=512", "data.pad_to_multiple_of=512",
                  "callbacks.export.enabled=false", "callbacks.model_checkpoint=null", "validate_after_fit=false",
                  "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
     if legacy:

@@ -14,6 +14,9 @@ only that one), in ``<cache_dir>/<file stem>-<key>/``:
   Every input row leaves at least one entry (a bad or dropped row one without tokens), so the
   ``on_error`` policy, the skip and overlong counts and mixtures over rows are decided at load time
   from the same store.
+- ``index/*.npy``: the row index every process reads, memory-mapped: ``line``, ``status`` and
+  ``length`` of every entry, the encoder's counts of the entries that have any, and where each
+  record batch of the Arrow files starts (see :class:`TokenStore`).
 - ``meta.json``: the key and what went into it, counts, build time and processes.
 
 The key hashes everything that changes the tokens: the input (path, size and mtime of each file),
