@@ -29,6 +29,7 @@ from zhilu.data.store import (
     FAILED, Input, TokenStore, encoder_args, open_store, token_config, tokenizer_fingerprint,
 )
 from zhilu.errors import ConfigError, DataError
+from zhilu.utils.memory import release_freed_heap
 
 log = logging.getLogger(__name__)
 MAX_SKIP_WARNINGS = 10
@@ -46,11 +47,13 @@ class StoreView(Sequence):
         self.labels = list(labels) if labels is not None else [None] * len(self.stores)
         self.offsets = np.cumsum([0] + [len(s) for s in self.stores]).astype(np.int64)
         self.refs = np.asarray(refs, dtype=np.int64)
-        self.lengths = np.zeros(len(self.refs), np.int64)  # gathered store by store (no concatenated copy)
-        which = self.store_of(self.refs)
-        for s, store in enumerate(self.stores):
-            sel = which == s
-            self.lengths[sel] = store.length[self.refs[sel] - self.offsets[s]]
+        self.lengths = np.zeros(len(self.refs), np.int64)
+        for start in range(0, len(self.refs), 1 << 20):  # gathered by slices: no copy of every store's lengths
+            refs = self.refs[start:start + (1 << 20)]
+            which = self.store_of(refs)
+            for s in np.unique(which).tolist():
+                sel = which == s
+                self.lengths[start:start + len(refs)][sel] = self.stores[s].length[refs[sel] - self.offsets[s]]
 
     def subset(self, positions) -> "StoreView":
         view = StoreView.__new__(StoreView)
@@ -317,7 +320,8 @@ class ChatDataModule(L.LightningDataModule):
         stores = [self.store(inp) for inp in self._sources(files)]
         self.stats[f"{split}/skipped_rows"] = self._problems(stores, split)
         offsets = np.cumsum([0] + [len(st) for st in stores])
-        refs = np.concatenate([st.usable() + off for st, off in zip(stores, offsets)]) if stores else np.zeros(0)
+        refs = np.concatenate([st.usable() + off for st, off in zip(stores, offsets)]) if len(stores) > 1 else \
+            stores[0].usable() if stores else np.zeros(0, np.int64)
         self.add_encoder_stats(split, [st.encoder_stats() for st in stores])
         return StoreView(stores, refs)
 
@@ -363,6 +367,7 @@ class ChatDataModule(L.LightningDataModule):
         else:
             self.train_set = ListDataset(train)
         log.info("data: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in self.stats.items()})
+        release_freed_heap()  # the index arrays' temporaries, not kept resident for the whole run
 
     def set_epoch(self, epoch: int) -> dict | None:
         """Re-pack for a new epoch (called by the LightningModule at every epoch start)."""

@@ -88,20 +88,29 @@ def _check(lengths: np.ndarray, capacity: int) -> None:
         raise ConfigError(f"packing: example {i} is empty")
 
 
+def _index_dtype(n: int):
+    """int32 indices while they fit: packing's temporaries are a few arrays of one index per example."""
+    return np.int32 if n < 2**31 else np.int64
+
+
 def bfd_order(lengths: np.ndarray, seed: int) -> np.ndarray:
     """Longest first; equal lengths in a seeded random order."""
-    perm = np.random.default_rng(seed).permutation(len(lengths))
-    return perm[np.argsort(-lengths[perm], kind="stable")]
+    perm = np.random.default_rng(seed).permutation(len(lengths)).astype(_index_dtype(len(lengths)))
+    key = lengths[perm].astype(np.int32 if len(lengths) == 0 or lengths.max() < 2**31 else np.int64)
+    np.negative(key, out=key)
+    by_key = np.argsort(key, kind="stable")
+    del key
+    return perm[by_key]
 
 
 def place_bfd(lengths: np.ndarray, order: np.ndarray, capacity: int) -> PackedRows:
     """Best-fit placement of the items in ``order`` (non-increasing lengths): each item goes into the
     open row with the least room that still fits it, the lowest row id among equals, else a new row."""
     n_items = len(order)
-    row_of = np.empty(n_items, dtype=np.int64)  # row of the item at each position of ``order``
+    row_of = np.empty(n_items, dtype=_index_dtype(n_items))  # row of the item at each position of ``order``
     if n_items == 0:
         return PackedRows(np.zeros(0, np.int64), np.zeros(1, np.int64))
-    sorted_len = lengths[order]
+    sorted_len = lengths[order].astype(np.int32 if capacity < 2**31 else np.int64)
     min_len = int(sorted_len[-1])
     buckets: dict[int, list[np.ndarray]] = {}  # room -> sorted row-id chunks
     rooms: list[int] = []  # rooms with a non-empty bucket, ascending
@@ -160,8 +169,10 @@ def place_bfd(lengths: np.ndarray, order: np.ndarray, capacity: int) -> PackedRo
                 put(capacity - q * n, new[:full])
                 if rest:
                     put(capacity - rest * n, new[full:])
+    del sorted_len
     by_row = np.argsort(row_of, kind="stable")  # placement order within each row
-    items = np.asarray(order, dtype=np.int64)[by_row]
+    items = np.asarray(order)[by_row].astype(np.int64)
+    del by_row
     offsets = np.zeros(next_rid + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(np.bincount(row_of, minlength=next_rid))
     return PackedRows(items, offsets)
