@@ -11,7 +11,8 @@ rows differ. Every measurement runs in a fresh process (``worker`` sub-command):
   with packing: the time to pack every example (best-fit-decreasing on the length array);
 - ``train``: ``train.py``'s recipe (tiny model, LoRA, 3 steps, 8 packed rows of 512 tokens: the same batch
   shape at every size, and every example packed at setup) from the store: peak RSS of the process,
-  ``--train-repeats`` times (each a fresh process; the table gives the lowest and highest);
+  ``--train-repeats`` times (each a fresh process: the 3 training steps alone move the peak by tens of MB
+  from run to run; the table gives the median and the range);
 - ``legacy``: the same run through today's in-memory path (every example a Python list of ints, encoded
   at every start; ``LegacyDataModule`` below is the previous ``ChatDataModule.read``): setup time, peak RSS;
 - ``clean``: ``python -m zhilu.data.clean`` (exact + MinHash dedup, 2 processes) on the rows: time, peak RSS.
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -250,7 +252,7 @@ def main() -> None:
     p.add_argument("--legacy-sizes", default="10k,100k")
     p.add_argument("--clean-sizes", default="1m")
     p.add_argument("--np1-max", default="1m", help="largest size also prepared with 1 process (rows/s ratio)")
-    p.add_argument("--train-repeats", type=int, default=2, help="fresh training processes per size (peak RSS)")
+    p.add_argument("--train-repeats", type=int, default=5, help="fresh training processes per size (peak RSS)")
     p.add_argument("--work", default=str(ROOT / "logs" / "bench_data_scale"))
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -301,7 +303,7 @@ def main() -> None:
         subprocess.run(["rm", "-rf", str(d / "cache_np1")], check=True)
     base = results[0]
     lines = ["| rows | tokens | prep 1 proc (s) | rows/s 1 proc | prep 2 procs (s) | rows/s 2 procs | 2 / 1 | "
-             "cache-hit setup (s) | pack all (s) | train peak RSS (MB, min-max) | min vs smallest | "
+             "cache-hit setup (s) | pack all (s) | train peak RSS (MB, median, range) | median vs smallest | "
              "in-memory path peak RSS (MB) |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
@@ -311,8 +313,9 @@ def main() -> None:
         lines.append(f"| {human(r['rows'])} | {r['tokens']:,} | {np1} | "
                      f"{r['prep_np2_s']:.1f} | {r['rows_per_s_np2']:,.0f} | "
                      f"{ratio} | {r['hit_setup_s']:.2f} | {r['pack_s']:.2f} | "
-                     f"{min(r['train_peak_rss_mb']):,.0f}-{max(r['train_peak_rss_mb']):,.0f} | "
-                     f"{min(r['train_peak_rss_mb']) - min(base['train_peak_rss_mb']):+,.0f} | "
+                     f"{median(r['train_peak_rss_mb']):,.0f} ({min(r['train_peak_rss_mb']):,.0f}-"
+                     f"{max(r['train_peak_rss_mb']):,.0f}) | "
+                     f"{median(r['train_peak_rss_mb']) - median(base['train_peak_rss_mb']):+,.0f} | "
                      f"{legacy} |")
     print("\n".join(lines))
     big = results[-1]

@@ -132,11 +132,18 @@ class PackedDataset(Dataset):
             np.array([ex.total_length for ex in examples], dtype=np.int64)
         self.rows = None
         self.stats = None
+        self.epoch: int | None = None
         self.repack(0)
 
     def repack(self, epoch: int) -> dict:
-        self.rows = pack_bfd(self.lengths, self.capacity, seed=self.seed + epoch)
-        self.stats = packing_stats(self.lengths, self.rows, self.capacity)
+        """The packing is a function of (lengths, seed + epoch): an epoch already packed is kept (the first
+        epoch's start finds setup's), a new one replaces the old rows, freed first."""
+        if epoch != self.epoch:
+            self.rows = None
+            self.rows = pack_bfd(self.lengths, self.capacity, seed=self.seed + epoch)
+            self.stats = packing_stats(self.lengths, self.rows, self.capacity)
+            self.epoch = epoch
+            release_freed_heap()
         return self.stats.as_dict()
 
     def __len__(self) -> int:

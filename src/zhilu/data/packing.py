@@ -35,7 +35,7 @@ from zhilu.errors import ConfigError
 
 class PackedRows:
     """Rows of a packing as two arrays: ``items`` (example indices, row after row, each row in
-    placement order) and ``offsets`` (row ``i`` is ``items[offsets[i]:offsets[i + 1]]``). Reads
+    placement order; int32 below 2**31 examples) and ``offsets`` (row ``i`` is ``items[offsets[i]:offsets[i + 1]]``). Reads
     like a list of lists of ints (and compares equal to one)."""
 
     def __init__(self, items: np.ndarray, offsets: np.ndarray) -> None:
@@ -171,7 +171,7 @@ def place_bfd(lengths: np.ndarray, order: np.ndarray, capacity: int) -> PackedRo
                     put(capacity - rest * n, new[full:])
     del sorted_len
     by_row = np.argsort(row_of, kind="stable")  # placement order within each row
-    items = np.asarray(order)[by_row].astype(np.int64)
+    items = np.asarray(order)[by_row]  # int32 while example indices fit (4 bytes an example for the whole run)
     del by_row
     offsets = np.zeros(next_rid + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(np.bincount(row_of, minlength=next_rid))
