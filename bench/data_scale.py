@@ -84,6 +84,30 @@ def make_rows(n: int, path: Path) -> Path:
     return path
 
 
+def make_unique_rows(n: int, path: Path, seed: int = 0) -> Path:
+    """``n`` chat rows that are not near duplicates of each other: each turn joins sentences drawn at
+    random from the shipped dialogues (a question of 2, an answer of 4), so cleaning keeps nearly all of
+    them and its near-dedup index grows with every row, the worst case for its memory."""
+    if path.is_file():
+        return path
+    import random
+    import re
+
+    from zhilu.utils.jsonl import iter_jsonl
+
+    pool = sorted({s for _, row, _ in iter_jsonl(ROOT / "data" / "finance_sft" / "train.jsonl")
+                   for m in row["messages"] for s in re.split(r"(?<=[。！？；])|\n", m["content"]) if len(s) >= 8})
+    rng = random.Random(seed)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for _ in range(n):
+            row = {"messages": [{"role": "user", "content": "".join(rng.sample(pool, 2))},
+                                {"role": "assistant", "content": "".join(rng.sample(pool, 4))}]}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 class LegacyDataModule(ChatDataModule):
     """The in-memory path this project had before the store: read and encode every row into Python
     lists at every start, in every process (the previous ``ChatDataModule.read``/``setup``)."""
@@ -251,6 +275,7 @@ def main() -> None:
     p.add_argument("--sizes", default="10k,100k,1m")
     p.add_argument("--legacy-sizes", default="10k,100k")
     p.add_argument("--clean-sizes", default="1m")
+    p.add_argument("--clean-unique-sizes", default="1m", help="also clean this many rows that are not near duplicates")
     p.add_argument("--np1-max", default="1m", help="largest size also prepared with 1 process (rows/s ratio)")
     p.add_argument("--train-repeats", type=int, default=5, help="fresh training processes per size (peak RSS)")
     p.add_argument("--work", default=str(ROOT / "logs" / "bench_data_scale"))
@@ -265,6 +290,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     legacy_sizes = {parse_size(s) for s in args.legacy_sizes.split(",") if s}
     clean_sizes = {parse_size(s) for s in args.clean_sizes.split(",") if s}
+    clean_unique_sizes = {parse_size(s) for s in args.clean_unique_sizes.split(",") if s}
     results = []
     for n in [parse_size(s) for s in args.sizes.split(",")]:
         d = work / human(n)
@@ -299,6 +325,14 @@ def main() -> None:
                        clean_tree_peak_rss_mb=r["tree_peak_rss_mb"])
             print(f"{human(n)}: clean {r['clean_s']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB (largest process), "
                   f"{r['tree_peak_rss_mb']:.0f} MB (all its processes together)", flush=True)
+        if n in clean_unique_sizes:
+            unique = make_unique_rows(n, d / "unique_rows.jsonl")
+            r = run_worker("clean", data=unique, cache=d / "unique_cache", num_proc=2)
+            row.update(clean_unique_s=r["clean_s"], clean_unique_peak_rss_mb=r["peak_rss_mb"],
+                       clean_unique_kept=r["kept"], clean_unique_tree_peak_rss_mb=r["tree_peak_rss_mb"])
+            print(f"{human(n)} rows that are not near duplicates: clean {r['clean_s']:.0f} s, kept {r['kept']:,}, "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB (largest process), {r['tree_peak_rss_mb']:.0f} MB (all)",
+                  flush=True)
         results.append(row)
         subprocess.run(["rm", "-rf", str(d / "cache_np1")], check=True)
     base = results[0]
@@ -330,6 +364,10 @@ def main() -> None:
             print(f"clean {human(r['rows'])} rows (exact + MinHash, 2 processes): {r['clean_s']:.0f} s, "
                   f"peak RSS {r['clean_peak_rss_mb']:,.0f} MB (largest process), "
                   f"{r['clean_tree_peak_rss_mb']:,.0f} MB (all together), kept {r['clean_kept']:,}")
+        if "clean_unique_s" in r:
+            print(f"clean {human(r['rows'])} rows that are not near duplicates: {r['clean_unique_s']:.0f} s, "
+                  f"peak RSS {r['clean_unique_peak_rss_mb']:,.0f} MB (largest process), "
+                  f"{r['clean_unique_tree_peak_rss_mb']:,.0f} MB (all together), kept {r['clean_unique_kept']:,}")
     out = Path(args.out) if args.out else work / "results.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"results: {out}")

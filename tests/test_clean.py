@@ -161,3 +161,24 @@ def test_streaming_cli_on_two_processes_equals_the_in_memory_steps(tmp_path, mon
     assert [(s["step"], s["rows_in"], s["removed"], s["rows_out"], s["reasons"]) for s in report["steps"]] == [
         (r.step, r.rows_in, r.removed, r.rows_out, r.reasons) for r in reports]
     assert {s["step"]: s["removed"] for s in report["steps"]}["near_dedup"] > 100
+
+
+def test_band_index_finds_what_a_dict_of_every_key_finds_across_merges():
+    """The compact LSH table (sorted arrays + recent dict, merged every 3 rows here) returns the same
+    candidates, ascending, as a dict of lists per band, for keys near 2**64 too."""
+    import random
+
+    from zhilu.data.clean import _BandIndex
+
+    rng = random.Random(0)
+    pool = [rng.getrandbits(64) for _ in range(12)] + [2**64 - 1, 0]
+    index, reference = _BandIndex(bands=3, merge_every=3), [{} for _ in range(3)]
+    for i in range(40):
+        keys = [rng.choice(pool) for _ in range(3)]
+        expected = sorted({j for b, k in enumerate(keys) for j in reference[b].get(k, ())})
+        assert index.candidates(keys) == expected
+        index.add(i, keys)
+        for b, k in enumerate(keys):
+            reference[b].setdefault(k, []).append(i)
+    assert sum(len(k) for k in index.keys) >= 3 * 39 - 3 * 3  # most keys were merged into the arrays
+    assert index.candidates([2**64 - 1] * 3) == sorted({j for b in range(3) for j in reference[b].get(2**64 - 1, ())})
