@@ -739,7 +739,7 @@ class _BandIndex:
 
     Keys merged so far sit in sorted numpy arrays (a uint64 key and an int32 row id: 12 bytes a key),
     the ones added since the last merge in a dict; a Python dict of every key (an int, a list and an
-    entry: about 250 bytes a key, 9 keys a row) took 2 GB at 1M unique rows.
+    entry: about 250 bytes a key, 14 keys a row at the default threshold) grows by 3.5 KB a kept row.
     """
 
     def __init__(self, bands: int, merge_every: int = 1 << 16) -> None:
