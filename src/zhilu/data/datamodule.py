@@ -143,7 +143,6 @@ class PackedDataset(Dataset):
             self.rows = pack_bfd(self.lengths, self.capacity, seed=self.seed + epoch)
             self.stats = packing_stats(self.lengths, self.rows, self.capacity)
             self.epoch = epoch
-            release_freed_heap()
         return self.stats.as_dict()
 
     def __len__(self) -> int:
@@ -379,7 +378,10 @@ class ChatDataModule(L.LightningDataModule):
     def set_epoch(self, epoch: int) -> dict | None:
         """Re-pack for a new epoch (called by the LightningModule at every epoch start)."""
         if isinstance(self.train_set, PackedDataset):
+            packed = self.train_set.epoch
             stats = self.train_set.repack(epoch)
+            if packed != epoch:
+                release_freed_heap()  # the new packing's temporaries (setup releases its own)
             self.stats.update({f"packing/{k}": v for k, v in stats.items()})
             return stats
         return None
